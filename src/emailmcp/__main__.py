@@ -1,0 +1,3 @@
+from emailmcp.cli import app
+
+app()

@@ -1,0 +1,73 @@
+"""create_app(): settings, database, routers, middleware and the lifespan that prepares them."""
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import structlog
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from emailmcp import __version__
+from emailmcp.errors import install_error_handlers
+from emailmcp.observability import RequestContextMiddleware
+from emailmcp.runtime import Runtime, write_private_file
+from emailmcp.settings import Settings, load_settings
+from emailmcp.system.endpoints import router as system_router
+from emailmcp.users.endpoints import router as users_router
+
+log = structlog.get_logger(__name__)
+
+BOOTSTRAP_KEY_FILE = "bootstrap-key"
+
+
+def hand_over_bootstrap_key(data_dir: Path, key: str) -> None:
+    """Gives the first key to the operator: a 0600 file always, the terminal when there is one, never the log."""
+    path = data_dir / BOOTSTRAP_KEY_FILE
+    write_private_file(path, key + "\n")
+    log.warning("bootstrap_key_created", tenant="default", path=str(path.resolve()))
+    if sys.stderr.isatty():
+        print(
+            f"\nEmailMCP created tenant 'default' with an API key holding every scope (shown once, also in {path}):\n\n    {key}\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.create(settings)
+        bootstrap_key = await runtime.prepare()
+        if bootstrap_key:
+            hand_over_bootstrap_key(settings.data_dir, bootstrap_key)
+        app.state.runtime = runtime
+        log.info("started", database=runtime.engine.dialect.name)
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="EmailMCP",
+        version=__version__,
+        summary="Send email through your users' own mailboxes, from your app and its AI agents.",
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    install_error_handlers(app)
+    app.include_router(system_router)
+    app.include_router(users_router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-MCP-API-Key", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,206 @@
+"""The `emailmcp` command: serve, migrate, keys, tenants, secrets."""
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from emailmcp import models, vault
+from emailmcp.errors import ConfigurationError
+from emailmcp.observability import configure_logging
+from emailmcp.runtime import Runtime
+from emailmcp.settings import Settings, load_settings
+from emailmcp.tenancy import service as tenancy
+from emailmcp.tenancy.schemas import ApiKeyInfo, Scope
+
+app = typer.Typer(help="EmailMCP: email for apps and their AI agents, through users' own mailboxes.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+tenants_app = typer.Typer(help="List, inspect, configure and delete tenants.", no_args_is_help=True)
+secrets_app = typer.Typer(help="Manage the encryption keys of stored credentials.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(secrets_app, name="secrets")
+
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        _fail(f"invalid configuration: {exc}", 2)
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _run(work: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Runs async work against the configured database, turning refusals into a message and exit code."""
+
+    async def main() -> T:
+        runtime = Runtime.create(_settings())
+        try:
+            return await work(runtime)
+        finally:
+            await runtime.close()
+
+    try:
+        return asyncio.run(main())
+    except tenancy.TenancyError as exc:
+        _fail(str(exc))
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+
+
+def _with_session(work: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
+    """One unit of work in a session, on a migrated database, committed at the end."""
+
+    async def in_session(runtime: Runtime) -> T:
+        await runtime.migrate()
+        async with runtime.sessionmaker() as session:
+            result = await work(session, runtime)
+            await session.commit()
+            return result
+
+    return _run(in_session)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind [default: EMAILMCP_HOST or 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: EMAILMCP_PORT or 8080]")] = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Serve the API only; run delivery in separate `emailmcp worker` processes.")] = False,
+) -> None:
+    """Run the HTTP API (migrates the database first)."""
+    import uvicorn
+
+    from emailmcp.app import create_app
+
+    settings = _settings()
+    try:
+        application = create_app(settings)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    uvicorn.run(
+        application,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (serve does this too, under a lock)."""
+    _run(Runtime.migrate)
+    typer.echo("database is at the current schema")
+
+
+def _print_keys(keys: list[ApiKeyInfo]) -> None:
+    if not keys:
+        typer.echo("no keys")
+        return
+    typer.echo(f"{'ID':<14}{'TENANT':<20}{'SCOPES':<18}{'CREATED':<22}{'LAST USED':<22}{'STATUS'}")
+    for key in keys:
+        typer.echo(
+            f"{key.id:<14}{key.tenant:<20}{','.join(key.scopes):<18}{key.created_at:%Y-%m-%d %H:%M:%S}   "
+            f"{(f'{key.last_used_at:%Y-%m-%d %H:%M:%S}' if key.last_used_at else '-'):<22}"
+            f"{'revoked' if key.revoked_at else 'active'}"
+        )
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name; created if it does not exist.")],
+    scope: Annotated[list[Scope], typer.Option(help="Repeat for several: mail, llm, admin.")],
+    name: Annotated[str | None, typer.Option(help="A label to recognise the key by.")] = None,
+) -> None:
+    """Create an API key. The key itself is the last line printed, and is never shown again."""
+    info, plaintext = _with_session(lambda session, runtime: tenancy.create_key(session, runtime.key_pepper, tenant, scope, name))
+    typer.echo(f"created key {info.id} for tenant {info.tenant} with scopes {','.join(info.scopes)}", err=True)
+    typer.echo(plaintext)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
+    """List keys (never their secret material)."""
+    _print_keys(_with_session(lambda session, _: tenancy.list_keys(session, tenant)))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id; it stops working at once."""
+    info = _with_session(lambda session, _: tenancy.revoke_key(session, key_id))
+    typer.echo(f"revoked key {info.id} of tenant {info.tenant}")
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    rows = _with_session(lambda session, _: tenancy.list_tenants(session))
+    typer.echo(f"{'NAME':<24}{'ACTIVE KEYS':<14}{'USERS':<10}CREATED")
+    for tenant, active_keys, users in rows:
+        typer.echo(f"{tenant.name:<24}{active_keys:<14}{users:<10}{tenant.created_at:%Y-%m-%d %H:%M:%S}")
+
+
+@tenants_app.command("show")
+def tenants_show(name: str) -> None:
+    """A tenant's settings (JSON) and keys."""
+
+    async def work(session: AsyncSession, _: Runtime):
+        return await tenancy.tenant_settings(session, name), await tenancy.list_keys(session, name)
+
+    settings, keys = _with_session(work)
+    typer.echo(json.dumps({"tenant": name, "settings": settings.model_dump()}, indent=2))
+    _print_keys(keys)
+
+
+@tenants_app.command("set")
+def tenants_set(name: str, setting: str, value: str) -> None:
+    """Set one tenant setting, checked against its type."""
+    values = _with_session(lambda session, _: tenancy.set_tenant_setting(session, name, setting, value))
+    typer.echo(json.dumps(values.model_dump(), indent=2))
+
+
+@tenants_app.command("unset")
+def tenants_unset(name: str, setting: str) -> None:
+    """Return a tenant setting to the service default."""
+    values = _with_session(lambda session, _: tenancy.set_tenant_setting(session, name, setting, None))
+    typer.echo(json.dumps(values.model_dump(), indent=2))
+
+
+@tenants_app.command("delete")
+def tenants_delete(
+    name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False
+) -> None:
+    """Delete a tenant with all its keys, users and their data."""
+    if not yes and not typer.confirm(f"Delete tenant {name!r} and everything it owns?", err=True):
+        raise typer.Exit(1)
+    _with_session(lambda session, _: tenancy.delete_tenant(session, name))
+    typer.echo(f"deleted tenant {name}")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored credential under the first key of EMAILMCP_ENCRYPTION_KEYS."""
+
+    async def work(session: AsyncSession, runtime: Runtime) -> tuple[int, str]:
+        return await vault.rotate(session, runtime.vault, models.Base.metadata), runtime.vault.primary_key_id
+
+    count, key_id = _with_session(work)
+    typer.echo(f"re-encrypted {count} value(s) under key {key_id!r}")
+
+
+@secrets_app.command("generate-key")
+def secrets_generate_key(key_id: Annotated[str, typer.Argument(help="An id for the key, e.g. k2")] = "k1") -> None:
+    """Print a new random key as an EMAILMCP_ENCRYPTION_KEYS entry."""
+    typer.echo(f"{key_id}:{vault.new_key()}")

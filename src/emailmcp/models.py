@@ -1,0 +1,7 @@
+"""Every table, imported in one place so Base.metadata is complete for migrations and the vault."""
+
+from emailmcp.db import Base
+from emailmcp.tenancy.models import ApiKey, Tenant, TenantSettings
+from emailmcp.users.models import EndUser, Mailbox
+
+__all__ = ["ApiKey", "Base", "EndUser", "Mailbox", "Tenant", "TenantSettings"]

@@ -1,0 +1,76 @@
+"""Every setting of the service, read from EMAILMCP_* environment variables or a .env file."""
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from emailmcp.errors import ConfigurationError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMAILMCP_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    secret_key: SecretStr | None = None
+    encryption_keys: SecretStr | None = None
+    rate_limit: str = "6000/minute"
+    redis_url: str | None = None
+    cors_origins: list[str] = []
+    max_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    log_level: str = "info"
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    smtp_allow_private_hosts: bool = False
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        if value.strip() in ("", "0"):
+            return "0"
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit such as '6000/minute': {value!r}") from exc
+        return value
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL, accepting the plain forms people paste."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'emailmcp.db').resolve()}"
+        for plain, driver in (
+            ("postgres://", "postgresql+psycopg://"),
+            ("postgresql://", "postgresql+psycopg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        if url.startswith(("postgresql+psycopg://", "sqlite+aiosqlite://")):
+            return url
+        raise ConfigurationError(
+            "EMAILMCP_DATABASE_URL must be a postgresql:// or sqlite:/// URL"
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def rate_limit_enabled(self) -> bool:
+        return self.rate_limit != "0"
+
+
+def load_settings() -> Settings:
+    return Settings()

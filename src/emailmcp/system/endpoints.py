@@ -1,0 +1,65 @@
+"""Service info, liveness, readiness and metrics: no API key needed."""
+
+from typing import Literal
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
+
+from emailmcp import __version__, db
+from emailmcp.db import utcnow
+from emailmcp.observability import REGISTRY
+from emailmcp.tenancy.dependencies import CurrentRuntime
+
+router = APIRouter(tags=["system"])
+SERVICE = "emailmcp"
+
+
+class ServiceInfo(BaseModel):
+    service: str
+    version: str
+    docs: str
+    health: str
+
+
+class Health(BaseModel):
+    status: Literal["healthy"]
+    service: str
+    timestamp: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    database: Literal["ok", "unreachable"]
+    migrations: Literal["current", "pending", "unknown"]
+
+
+@router.get("/", response_model=ServiceInfo)
+async def service_info() -> ServiceInfo:
+    return ServiceInfo(service=SERVICE, version=__version__, docs="/docs", health="/health")
+
+
+@router.get("/health", response_model=Health)
+async def health() -> Health:
+    """Liveness: the process answers. Does not touch the database."""
+    return Health(status="healthy", service=SERVICE, timestamp=utcnow().isoformat())
+
+
+@router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready"}})
+async def ready(runtime: CurrentRuntime) -> JSONResponse:
+    """Readiness: the database answers and its schema is at the current migration."""
+    try:
+        current = await db.schema_is_current(runtime.engine)
+    except (SQLAlchemyError, OSError):
+        body = Readiness(status="not_ready", database="unreachable", migrations="unknown")
+    else:
+        body = Readiness(status="ready" if current else "not_ready", database="ok", migrations="current" if current else "pending")
+    return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics() -> Response:
+    """Prometheus text exposition."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,75 @@
+"""The one place where a request becomes a tenant context: key lookup, scope check, rate limit.
+
+Endpoints declare what they need with the annotated types at the bottom
+(`MailContext`, `AdminContext`) and pass the context to the services, which scope every
+query by its tenant.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request, Response, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from emailmcp.errors import APIError
+from emailmcp.runtime import Runtime
+from emailmcp.tenancy import service
+from emailmcp.tenancy.schemas import Scope, TenantContext
+
+_bearer = HTTPBearer(auto_error=False, description="An EmailMCP API key: `Authorization: Bearer emk_...`")
+_CHALLENGE = 'Bearer realm="emailmcp"'
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+CurrentRuntime = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_session(runtime: CurrentRuntime) -> AsyncIterator[AsyncSession]:
+    async with runtime.sessionmaker() as session:
+        yield session
+
+
+Session = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def resolve_key(
+    plaintext: str | None, scope: Scope, runtime: Runtime, session: AsyncSession, response: Response, challenge: str | None
+) -> TenantContext:
+    """Authenticates a key for one scope: 401 when missing or bad, 403 without the scope, 429 over its limit."""
+    headers = {"WWW-Authenticate": challenge} if challenge else None
+    if not plaintext:
+        raise APIError(401, "unauthorized", "An API key is required.", headers=headers)
+    found = await service.authenticate(session, runtime.key_pepper, plaintext.strip())
+    if found is None:
+        if challenge:
+            headers = {"WWW-Authenticate": f'{challenge}, error="invalid_token"'}
+        raise APIError(401, "invalid_api_key", "The API key is unknown or revoked.", headers=headers)
+    context, rate_limit = found
+    if scope not in context.scopes:
+        raise APIError(403, "insufficient_scope", f"This API key lacks the '{scope.value}' scope.")
+    state = await runtime.rate_limiter.hit(f"key:{context.key_id}", rate_limit)
+    if state is not None:
+        if not state.allowed:
+            raise APIError(429, "rate_limited", f"Too many requests for this API key; retry in {state.reset_seconds} s.", headers=state.headers())
+        response.headers.update(state.headers())
+    return context
+
+
+def bearer_scope(scope: Scope):
+    async def dependency(
+        response: Response,
+        runtime: CurrentRuntime,
+        session: Session,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    ) -> TenantContext:
+        return await resolve_key(credentials.credentials if credentials else None, scope, runtime, session, response, _CHALLENGE)
+
+    return dependency
+
+
+MailContext = Annotated[TenantContext, Depends(bearer_scope(Scope.mail))]
+AdminContext = Annotated[TenantContext, Depends(bearer_scope(Scope.admin))]

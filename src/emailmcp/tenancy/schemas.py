@@ -1,0 +1,58 @@
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+TENANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Scope(StrEnum):
+    mail = "mail"
+    llm = "llm"
+    admin = "admin"
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    """Who is calling: the tenant every query is scoped to, and the key that proved it."""
+
+    tenant_id: int
+    tenant_name: str
+    key_id: str
+    scopes: frozenset[Scope]
+
+
+class TenantSettingsValues(BaseModel):
+    """The per-tenant settings; each field is a column of tenant_settings. None means the service default."""
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    rate_limit: str | None = None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        from limits import parse_many
+
+        if value is None:
+            return None
+        if value.strip() == "0":
+            return "0"
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError("expected a limit such as '6000/minute' or '100/second;5000/hour', or 0 for none") from exc
+        return value
+
+
+class ApiKeyInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    tenant: str
+    name: str | None
+    scopes: list[Scope]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None

@@ -1,0 +1,63 @@
+"""SQL for end users and mailboxes. Every function takes the tenant context and filters by it."""
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from emailmcp.db import utcnow
+from emailmcp.tenancy.schemas import TenantContext
+from emailmcp.users.models import EndUser, Mailbox
+
+
+async def get_user(session: AsyncSession, ctx: TenantContext, user_id: str) -> EndUser | None:
+    return await session.scalar(
+        select(EndUser)
+        .where(EndUser.tenant_id == ctx.tenant_id, EndUser.user_id == user_id)
+        .options(selectinload(EndUser.mailbox))
+    )
+
+
+async def insert_user_if_absent(session: AsyncSession, ctx: TenantContext, user_id: str, **fields: object) -> bool:
+    """Inserts the user unless the tenant has one with this id; True when inserted. Safe under races."""
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    now = utcnow()
+    statement = (
+        dialect.insert(EndUser)
+        .values(tenant_id=ctx.tenant_id, user_id=user_id, created_at=now, updated_at=now, **fields)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "user_id"])
+        .returning(EndUser.id)
+    )
+    return (await session.execute(statement)).scalar() is not None
+
+
+async def list_users(session: AsyncSession, ctx: TenantContext, after_pk: int, limit: int) -> list[EndUser]:
+    return list(
+        await session.scalars(
+            select(EndUser)
+            .where(EndUser.tenant_id == ctx.tenant_id, EndUser.id > after_pk)
+            .order_by(EndUser.id)
+            .limit(limit)
+            .options(selectinload(EndUser.mailbox))
+        )
+    )
+
+
+async def delete_user(session: AsyncSession, ctx: TenantContext, user: EndUser) -> None:
+    await session.execute(delete(EndUser).where(EndUser.tenant_id == ctx.tenant_id, EndUser.id == user.id))
+
+
+async def save_mailbox(session: AsyncSession, ctx: TenantContext, user: EndUser, **fields: object) -> Mailbox:
+    mailbox = user.mailbox
+    if mailbox is None:
+        mailbox = Mailbox(user_pk=user.id, tenant_id=ctx.tenant_id)
+        session.add(mailbox)
+        user.mailbox = mailbox
+    for name, value in fields.items():
+        setattr(mailbox, name, value)
+    await session.flush()
+    return mailbox
+
+
+async def delete_mailbox(session: AsyncSession, ctx: TenantContext, user: EndUser) -> None:
+    await session.execute(delete(Mailbox).where(Mailbox.tenant_id == ctx.tenant_id, Mailbox.user_pk == user.id))
