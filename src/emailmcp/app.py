@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from emailmcp import __version__
+from emailmcp.body_limit import BodySizeLimitMiddleware
 from emailmcp.errors import install_error_handlers
 from emailmcp.observability import RequestContextMiddleware
 from emailmcp.runtime import Runtime, write_private_file
@@ -35,12 +36,14 @@ def hand_over_bootstrap_key(data_dir: Path, key: str) -> None:
         )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or load_settings()
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """The ASGI app. Without a runtime, the lifespan builds one from the settings."""
+    settings = runtime.settings if runtime else settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime.create(settings)
+        nonlocal runtime
+        runtime = runtime or Runtime.create(settings)
         bootstrap_key = await runtime.prepare()
         if bootstrap_key:
             hand_over_bootstrap_key(settings.data_dir, bootstrap_key)
@@ -56,7 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Send email through your users' own mailboxes, from your app and its AI agents.",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     install_error_handlers(app)
     app.include_router(system_router)
@@ -69,5 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-MCP-API-Key", "Idempotency-Key", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
         )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -85,9 +85,10 @@ def serve(
 
     settings = _settings()
     try:
-        application = create_app(settings)
+        runtime = Runtime.create(settings)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
+    application = create_app(runtime=runtime)
     uvicorn.run(
         application,
         host=host or settings.host,

@@ -2,10 +2,14 @@
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger(__name__)
 
 class ConfigurationError(Exception):
     """The service cannot start as configured; the message says what to change."""
@@ -67,6 +71,7 @@ _STATUS_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
+    503: "unavailable",
 }
 
 
@@ -100,7 +105,14 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
+async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+    # Connection refused, server gone, SQLite locked past its busy timeout: transient, so 503 and not 500.
+    log.warning("database_unavailable", error=type(exc.orig).__name__ if exc.orig else type(exc).__name__)
+    return error_response(503, "database_unavailable", "The database is unavailable; retry shortly.", headers={"Retry-After": "2"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -33,4 +33,5 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: _error("Request body too large"),
     422: _error("Invalid field; `details` names it"),
     429: _error("Rate limit exceeded; see Retry-After"),
+    503: _error("The database is unavailable; retry after Retry-After seconds"),
 }

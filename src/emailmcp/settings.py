@@ -2,9 +2,10 @@
 
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from emailmcp.errors import ConfigurationError
 
@@ -20,7 +21,7 @@ class Settings(BaseSettings):
     encryption_keys: SecretStr | None = None
     rate_limit: str = "6000/minute"
     redis_url: str | None = None
-    cors_origins: list[str] = []
+    cors_origins: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")

@@ -3,7 +3,7 @@
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload
 
 from emailmcp.db import utcnow
 from emailmcp.tenancy.schemas import TenantContext
@@ -14,7 +14,7 @@ async def get_user(session: AsyncSession, ctx: TenantContext, user_id: str) -> E
     return await session.scalar(
         select(EndUser)
         .where(EndUser.tenant_id == ctx.tenant_id, EndUser.user_id == user_id)
-        .options(selectinload(EndUser.mailbox))
+        .options(joinedload(EndUser.mailbox))
     )
 
 
@@ -38,7 +38,7 @@ async def list_users(session: AsyncSession, ctx: TenantContext, after_pk: int, l
             .where(EndUser.tenant_id == ctx.tenant_id, EndUser.id > after_pk)
             .order_by(EndUser.id)
             .limit(limit)
-            .options(selectinload(EndUser.mailbox))
+            .options(joinedload(EndUser.mailbox))
         )
     )
 
