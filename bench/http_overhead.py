@@ -38,7 +38,9 @@ async def drive(url: str, key: str, endpoint: str, seconds: float, concurrency: 
     errors = 0
     deadline = time.perf_counter() + seconds
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx2.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=30) as client:
+    async with httpx2.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=30
+    ) as client:
 
         async def worker(n: int) -> None:
             nonlocal errors
@@ -71,7 +73,12 @@ def run_load(url: str, key: str, endpoint: str, seconds: float, concurrency: int
     errors, latencies = receiver.recv()
     process.join()
     latencies.sort()
-    return len(latencies) / seconds, statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99)] * 1000, errors
+    return (
+        len(latencies) / seconds,
+        statistics.median(latencies) * 1000,
+        latencies[int(len(latencies) * 0.99)] * 1000,
+        errors,
+    )
 
 
 def main() -> None:
@@ -90,7 +97,13 @@ def main() -> None:
         env["EMAILMCP_DATABASE_URL"] = os.environ["EMAILMCP_BENCH_DATABASE_URL"]
         env["EMAILMCP_SECRET_KEY"] = "bench-" + "x" * 40
     emailmcp = str(Path(sys.executable).parent / "emailmcp")
-    server = subprocess.Popen([emailmcp, "serve", "--port", str(port)], cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [emailmcp, "serve", "--port", str(port)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(300):
             try:
@@ -107,8 +120,12 @@ def main() -> None:
                 results[endpoint].append(run_load(url, key, endpoint, args.seconds, args.concurrency))
 
         database = "PostgreSQL" if "EMAILMCP_DATABASE_URL" in env else "SQLite"
-        print(f"{time.strftime('%Y-%m-%d')}  {platform.machine()}  {os.cpu_count()} cores  Python {platform.python_version()}  {database}")
-        print(f"concurrency {args.concurrency}, {args.rounds} rounds of {args.seconds:g} s per endpoint, medians over rounds")
+        print(
+            f"{time.strftime('%Y-%m-%d')}  {platform.machine()}  {os.cpu_count()} cores  Python {platform.python_version()}  {database}"
+        )
+        print(
+            f"concurrency {args.concurrency}, {args.rounds} rounds of {args.seconds:g} s per endpoint, medians over rounds"
+        )
         base_rps = statistics.median(r[0] for r in results["baseline"])
         print(f"{'endpoint':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'vs /health':>12}")
         for endpoint, rounds in results.items():

@@ -64,7 +64,9 @@ class PostgresDatabase:
 
 def require_postgres() -> str:
     if not PG_URL:
-        unavailable("PostgreSQL", "set EMAILMCP_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test to run these tests")
+        unavailable(
+            "PostgreSQL", "set EMAILMCP_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test to run these tests"
+        )
     return PG_URL
 
 
@@ -110,8 +112,12 @@ class Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [EMAILMCP, "serve", "--port", str(self.port)], cwd=self.workdir, env=self.env,
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [EMAILMCP, "serve", "--port", str(self.port)],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -144,13 +150,23 @@ class Server:
     def bootstrap_key(self) -> str:
         return (self.data_dir / "bootstrap-key").read_text().strip()
 
-    def cli(self, *args: str, check: bool = True, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess:
         """Runs the emailmcp CLI against this server's database, from another directory by default."""
         result = subprocess.run(
-            [EMAILMCP, *args], cwd=cwd or self.workdir.parent, env=self.env, capture_output=True, text=True, input=input, timeout=60
+            [EMAILMCP, *args],
+            cwd=cwd or self.workdir.parent,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=60,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"emailmcp {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"emailmcp {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def create_key(self, tenant: str, *scopes: str) -> str:
@@ -197,3 +213,35 @@ def server(request, tmp_path_factory) -> Iterator[Server]:
 @pytest.fixture
 def tenant_name() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+# Internals that must never reach a client in an error body.
+LEAKS = (
+    "Traceback",
+    'File "',
+    "/site-packages/",
+    "sqlalchemy",
+    "psycopg",
+    "sqlite3",
+    "pydantic_core",
+    "SELECT ",
+    "INSERT ",
+    "UPDATE ",
+)
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, f"{response.status_code}: {response.text}"
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"code", "message", "details"}, error
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["details"], list)
+    if code is not None:
+        assert error["code"] == code, error
+    for leak in LEAKS:
+        assert leak not in response.text, f"error body leaks internals ({leak!r}): {response.text}"
+    return error

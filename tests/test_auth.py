@@ -6,6 +6,8 @@ import string
 
 import pytest
 
+from conftest import assert_error
+
 # Every authenticated operation, with the scope it needs. A route added to the app without a row here fails
 # test_route_table_covers_every_operation, so nobody ships an endpoint whose auth is untested.
 ROUTES = [
@@ -21,8 +23,13 @@ PUBLIC = {("GET", path) for path in ("/", "/health", "/ready", "/metrics", "/doc
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 PROBE_USER = "authprobe"
 SMTP_MAILBOX = {
-    "type": "smtp", "host": "127.0.0.1", "port": 587, "security": "starttls",
-    "username": "ada", "password": "correct horse battery staple", "from_address": "ada@example.com",
+    "type": "smtp",
+    "host": "127.0.0.1",
+    "port": 587,
+    "security": "starttls",
+    "username": "ada",
+    "password": "correct horse battery staple",
+    "from_address": "ada@example.com",
 }
 # A valid body for each operation that takes one, so only authentication can decide the outcome.
 BODIES = {
@@ -40,21 +47,6 @@ def call(client, route, headers: dict | None = None, user_id: str = PROBE_USER):
     method, template, _ = route
     body = BODIES.get((method, template))
     return client.request(method, template.format(user_id=user_id), json=body, headers=headers)
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, f"{response.status_code}: {response.text}"
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"code", "message", "details"}, error
-    assert isinstance(error["code"], str) and error["code"]
-    assert isinstance(error["message"], str) and error["message"]
-    assert isinstance(error["details"], list)
-    if code is not None:
-        assert error["code"] == code, error
-    return error
 
 
 def assert_bearer_challenge(response) -> None:
@@ -277,4 +269,3 @@ def test_tenants_are_isolated(start_server, make_database, backend):
         assert a.get("/v1/users/user123/mailbox").json() == mailbox_a
         users_a = a.get("/v1/users").json()["users"]
         assert [(u["user_id"], u["email"]) for u in users_a] == [("user123", "a-secret@example.com")]
-

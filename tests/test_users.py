@@ -45,7 +45,13 @@ def test_profile_has_the_seed_fields(mail_admin):
     assert profile["connection_date"] is None
     assert profile["last_used"] is None
     assert profile["total_emails_sent"] == 0
-    assert profile["mailbox"] == {"type": "none", "status": "not_connected", "from_address": None, "connected_at": None, "smtp": None}
+    assert profile["mailbox"] == {
+        "type": "none",
+        "status": "not_connected",
+        "from_address": None,
+        "connected_at": None,
+        "smtp": None,
+    }
 
 
 def test_unknown_user_is_404_not_defaults(mail_admin):
@@ -73,8 +79,13 @@ def test_listing_pages_with_a_cursor(mail_admin):
 
 
 SMTP_MAILBOX = {
-    "type": "smtp", "host": "smtp.example.com", "port": 587, "security": "starttls",
-    "username": "ada", "password": "correct horse battery staple", "from_address": "ada@example.com",
+    "type": "smtp",
+    "host": "smtp.example.com",
+    "port": 587,
+    "security": "starttls",
+    "username": "ada",
+    "password": "correct horse battery staple",
+    "from_address": "ada@example.com",
 }
 
 
@@ -95,7 +106,13 @@ def test_smtp_mailbox_lifecycle(start_server):
         assert stored.status_code == 200, stored.text
         body = stored.json()
         assert body["type"] == "smtp" and body["status"] == "connected"
-        assert body["smtp"] == {"host": "127.0.0.1", "port": 587, "security": "starttls", "username": "ada", "password_set": True}
+        assert body["smtp"] == {
+            "host": "127.0.0.1",
+            "port": 587,
+            "security": "starttls",
+            "username": "ada",
+            "password_set": True,
+        }
         assert SMTP_MAILBOX["password"] not in stored.text
         fetched = client.get("/v1/users/mb2/mailbox")
         assert fetched.json() == body
@@ -109,8 +126,14 @@ def test_smtp_mailbox_lifecycle(start_server):
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"port": 0}, "port"), ({"security": "ssl3"}, "security"), ({"from_address": "nope"}, "from_address"),
-     ({"username": "a\r\nBcc: x@example.com"}, "username"), ({"host": "bad host"}, "host"), ({"type": "imap"}, "type")],
+    [
+        ({"port": 0}, "port"),
+        ({"security": "ssl3"}, "security"),
+        ({"from_address": "nope"}, "from_address"),
+        ({"username": "a\r\nBcc: x@example.com"}, "username"),
+        ({"host": "bad host"}, "host"),
+        ({"type": "imap"}, "type"),
+    ],
 )
 def test_bad_mailbox_fields_are_named(mail_admin, change, field):
     response = mail_admin.put("/v1/users/mb3/mailbox", json=SMTP_MAILBOX | change)

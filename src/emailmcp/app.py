@@ -30,7 +30,8 @@ def hand_over_bootstrap_key(data_dir: Path, key: str) -> None:
     log.warning("bootstrap_key_created", tenant="default", path=str(path.resolve()))
     if sys.stderr.isatty():
         print(
-            f"\nEmailMCP created tenant 'default' with an API key holding every scope (shown once, also in {path}):\n\n    {key}\n",
+            f"\nEmailMCP created tenant 'default' with an API key holding every scope"
+            f" (shown once, also in {path}):\n\n    {key}\n",
             file=sys.stderr,
             flush=True,
         )
@@ -68,7 +69,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-MCP-API-Key", "Idempotency-Key", "X-Request-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-API-Key",
+                "X-MCP-API-Key",
+                "Idempotency-Key",
+                "X-Request-ID",
+            ],
             expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

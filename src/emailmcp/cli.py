@@ -16,7 +16,9 @@ from emailmcp.settings import Settings, load_settings
 from emailmcp.tenancy import service as tenancy
 from emailmcp.tenancy.schemas import ApiKeyInfo, Scope
 
-app = typer.Typer(help="EmailMCP: email for apps and their AI agents, through users' own mailboxes.", no_args_is_help=True)
+app = typer.Typer(
+    help="EmailMCP: email for apps and their AI agents, through users' own mailboxes.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 tenants_app = typer.Typer(help="List, inspect, configure and delete tenants.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Manage the encryption keys of stored credentials.", no_args_is_help=True)
@@ -57,6 +59,8 @@ def _run(work: Callable[[Runtime], Awaitable[T]]) -> T:
         _fail(str(exc))
     except ConfigurationError as exc:
         _fail(str(exc), 2)
+    except vault.DecryptionError as exc:
+        _fail(f"{exc}. Nothing was changed; keep the old key in EMAILMCP_ENCRYPTION_KEYS until rotation succeeds.")
 
 
 def _with_session(work: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
@@ -76,7 +80,10 @@ def _with_session(work: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind [default: EMAILMCP_HOST or 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: EMAILMCP_PORT or 8080]")] = None,
-    no_worker: Annotated[bool, typer.Option("--no-worker", help="Serve the API only; run delivery in separate `emailmcp worker` processes.")] = False,
+    no_worker: Annotated[
+        bool,
+        typer.Option("--no-worker", help="Serve the API only; run delivery in separate `emailmcp worker` processes."),
+    ] = False,
 ) -> None:
     """Run the HTTP API (migrates the database first)."""
     import uvicorn
@@ -127,7 +134,9 @@ def keys_create(
     name: Annotated[str | None, typer.Option(help="A label to recognise the key by.")] = None,
 ) -> None:
     """Create an API key. The key itself is the last line printed, and is never shown again."""
-    info, plaintext = _with_session(lambda session, runtime: tenancy.create_key(session, runtime.key_pepper, tenant, scope, name))
+    info, plaintext = _with_session(
+        lambda session, runtime: tenancy.create_key(session, runtime.key_pepper, tenant, scope, name)
+    )
     typer.echo(f"created key {info.id} for tenant {info.tenant} with scopes {','.join(info.scopes)}", err=True)
     typer.echo(plaintext)
 

@@ -5,8 +5,8 @@ import fcntl
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, contextmanager
-from functools import lru_cache
 from datetime import UTC, datetime
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -74,6 +74,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.resolved_database_url
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.sqlite_path:
+            settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 10})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -119,7 +121,10 @@ async def migration_lock(engine: AsyncEngine, settings: Settings) -> AsyncIterat
     PostgreSQL: a session advisory lock. SQLite: an flock on a file beside the database.
     """
     if settings.is_sqlite:
-        lock_path = settings.data_dir / ".migrate.lock"
+        database = settings.sqlite_path
+        lock_path = (
+            database.with_name(database.name + ".migrate-lock") if database else settings.data_dir / ".migrate-lock"
+        )
         lock = _file_lock(lock_path)
         await asyncio.to_thread(lock.__enter__)
         try:

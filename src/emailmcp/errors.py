@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger(__name__)
 
+
 class ConfigurationError(Exception):
     """The service cannot start as configured; the message says what to change."""
 
@@ -81,7 +82,10 @@ def _field_path(location: tuple[Any, ...]) -> str:
 
 def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # The input value is left out on purpose: it may be a password or a key.
-    return [{"field": _field_path(err.get("loc", ())), "message": err.get("msg", "invalid"), "type": err.get("type")} for err in errors]
+    return [
+        {"field": _field_path(err.get("loc", ())), "message": err.get("msg", "invalid"), "type": err.get("type")}
+        for err in errors
+    ]
 
 
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -108,7 +112,9 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
     # Connection refused, server gone, SQLite locked past its busy timeout: transient, so 503 and not 500.
     log.warning("database_unavailable", error=type(exc.orig).__name__ if exc.orig else type(exc).__name__)
-    return error_response(503, "database_unavailable", "The database is unavailable; retry shortly.", headers={"Retry-After": "2"})
+    return error_response(
+        503, "database_unavailable", "The database is unavailable; retry shortly.", headers={"Retry-After": "2"}
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

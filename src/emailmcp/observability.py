@@ -9,8 +9,9 @@ import uuid
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.datastructures import MutableHeaders
-from emailmcp.errors import error_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from emailmcp.errors import error_response
 
 REGISTRY = CollectorRegistry()
 HTTP_REQUESTS = Counter(
@@ -63,7 +64,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer])
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
+        )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -106,12 +109,20 @@ class RequestContextMiddleware:
             # Answered here rather than by Starlette's outermost handler so the 500 keeps its request id.
             self.log.exception("unhandled_error")
             if status_sent is False:
-                response = error_response(500, "internal_error", "Something went wrong on our side; quote the X-Request-ID when reporting it.")
+                response = error_response(
+                    500, "internal_error", "Something went wrong on our side; quote the X-Request-ID when reporting it."
+                )
                 await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
             HTTP_LATENCY.labels(scope["method"], route).observe(elapsed)
-            self.log.info("request", method=scope["method"], path=scope["path"], status=status, duration_ms=round(elapsed * 1000, 1))
+            self.log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round(elapsed * 1000, 1),
+            )
             structlog.contextvars.clear_contextvars()

@@ -32,6 +32,23 @@ def write_private_file(path: Path, content: str) -> None:
     os.chmod(path, 0o600)
 
 
+def create_private_file_once(path: Path, content: str) -> bool:
+    """Creates a complete 0600 file unless one exists; False when another process won the race.
+
+    The content is written to a temporary file first and then hard-linked into place, so no
+    reader ever sees a partial file and concurrent creators all end up reading the same one.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    write_private_file(temporary, content)
+    try:
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink()
+
+
 def load_secret_key(settings: Settings) -> bytes:
     if settings.secret_key is not None:
         value = settings.secret_key.get_secret_value()
@@ -44,14 +61,12 @@ def load_secret_key(settings: Settings) -> bytes:
             "Generate one with `openssl rand -hex 32` and keep it with your database backups."
         )
     path = settings.data_dir / SECRET_KEY_FILE
-    if path.exists():
-        return path.read_text().strip().encode()
-    write_private_file(path, secrets.token_hex(32) + "\n")
-    log.warning(
-        "secret_key_generated",
-        path=str(path.resolve()),
-        advice="back this file up together with the database: without it API keys and stored credentials are unusable",
-    )
+    if create_private_file_once(path, secrets.token_hex(32) + "\n"):
+        log.warning(
+            "secret_key_generated",
+            path=str(path.resolve()),
+            advice="back this file up with the database: without it, API keys and stored credentials are unusable",
+        )
     return path.read_text().strip().encode()
 
 

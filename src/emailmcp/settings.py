@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from emailmcp.errors import ConfigurationError
 
@@ -60,9 +61,15 @@ class Settings(BaseSettings):
                 return driver + url[len(plain) :]
         if url.startswith(("postgresql+psycopg://", "sqlite+aiosqlite://")):
             return url
-        raise ConfigurationError(
-            "EMAILMCP_DATABASE_URL must be a postgresql:// or sqlite:/// URL"
-        )
+        raise ConfigurationError("EMAILMCP_DATABASE_URL must be a postgresql:// or sqlite:/// URL")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None for PostgreSQL or an in-memory database."""
+        if not self.is_sqlite:
+            return None
+        database = make_url(self.resolved_database_url).database
+        return Path(database).resolve() if database and database != ":memory:" else None
 
     @property
     def is_sqlite(self) -> bool:

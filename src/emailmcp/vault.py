@@ -113,7 +113,9 @@ class Vault:
             raw = base64.urlsafe_b64decode(payload)
             return cipher.decrypt(raw[:12], raw[12:], context.associated_data()).decode()
         except (InvalidTag, binascii.Error, ValueError) as exc:
-            raise DecryptionError(f"{context.table}.{context.column} of row {context.row_id} does not decrypt here") from exc
+            raise DecryptionError(
+                f"{context.table}.{context.column} of row {context.row_id} does not decrypt here"
+            ) from exc
 
     @staticmethod
     def key_id_of(token: str) -> str:

@@ -55,7 +55,9 @@ async def ready(runtime: CurrentRuntime) -> JSONResponse:
     except (SQLAlchemyError, OSError):
         body = Readiness(status="not_ready", database="unreachable", migrations="unknown")
     else:
-        body = Readiness(status="ready" if current else "not_ready", database="ok", migrations="current" if current else "pending")
+        body = Readiness(
+            status="ready" if current else "not_ready", database="ok", migrations="current" if current else "pending"
+        )
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
 

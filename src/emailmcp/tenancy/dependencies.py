@@ -37,7 +37,12 @@ Session = Annotated[AsyncSession, Depends(get_session)]
 
 
 async def resolve_key(
-    plaintext: str | None, scope: Scope, runtime: Runtime, session: AsyncSession, response: Response, challenge: str | None
+    plaintext: str | None,
+    scope: Scope,
+    runtime: Runtime,
+    session: AsyncSession,
+    response: Response,
+    challenge: str | None,
 ) -> TenantContext:
     """Authenticates a key for one scope: 401 when missing or bad, 403 without the scope, 429 over its limit."""
     headers = {"WWW-Authenticate": challenge} if challenge else None
@@ -54,7 +59,12 @@ async def resolve_key(
     state = await runtime.rate_limiter.hit(f"key:{context.key_id}", rate_limit)
     if state is not None:
         if not state.allowed:
-            raise APIError(429, "rate_limited", f"Too many requests for this API key; retry in {state.reset_seconds} s.", headers=state.headers())
+            raise APIError(
+                429,
+                "rate_limited",
+                f"Too many requests for this API key; retry in {state.reset_seconds} s.",
+                headers=state.headers(),
+            )
         response.headers.update(state.headers())
     return context
 
@@ -66,7 +76,9 @@ def bearer_scope(scope: Scope):
         session: Session,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> TenantContext:
-        return await resolve_key(credentials.credentials if credentials else None, scope, runtime, session, response, _CHALLENGE)
+        return await resolve_key(
+            credentials.credentials if credentials else None, scope, runtime, session, response, _CHALLENGE
+        )
 
     return dependency
 

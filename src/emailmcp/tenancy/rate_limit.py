@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from limits import RateLimitItem, parse_many
-from limits.storage import storage_from_string
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
 
 
 @dataclass(frozen=True)

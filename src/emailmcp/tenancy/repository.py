@@ -66,7 +66,9 @@ async def get_key_for_auth(session: AsyncSession, key_id: str) -> tuple[ApiKey, 
 
 
 async def list_keys(session: AsyncSession, tenant_id: int | None) -> list[tuple[ApiKey, str]]:
-    query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id).order_by(Tenant.name, ApiKey.created_at)
+    query = (
+        select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id).order_by(Tenant.name, ApiKey.created_at)
+    )
     if tenant_id is not None:
         query = query.where(ApiKey.tenant_id == tenant_id)
     return [(key, name) for key, name in (await session.execute(query)).all()]

@@ -68,7 +68,13 @@ async def create_key(
         raise TenancyError("a key needs at least one scope: mail, llm or admin")
     tenant = await ensure_tenant(session, tenant_name)
     key_id, plaintext = _new_key()
-    key = ApiKey(id=key_id, tenant_id=tenant.id, name=name, secret_hash=hash_key(pepper, plaintext), scopes=[s.value for s in scope_list])
+    key = ApiKey(
+        id=key_id,
+        tenant_id=tenant.id,
+        name=name,
+        secret_hash=hash_key(pepper, plaintext),
+        scopes=[s.value for s in scope_list],
+    )
     await repository.add_key(session, key)
     return _key_info(key, tenant.name), plaintext
 
@@ -98,14 +104,21 @@ async def authenticate(session: AsyncSession, pepper: bytes, plaintext: str) -> 
     if key.last_used_at is None or now - key.last_used_at > _TOUCH_INTERVAL:
         await repository.touch_key(session, key.id, now)
         await session.commit()
-    context = TenantContext(tenant_id=key.tenant_id, tenant_name=tenant_name, key_id=key.id, scopes=frozenset(Scope(s) for s in key.scopes))
+    context = TenantContext(
+        tenant_id=key.tenant_id, tenant_name=tenant_name, key_id=key.id, scopes=frozenset(Scope(s) for s in key.scopes)
+    )
     return context, rate_limit
 
 
 def _key_info(key: ApiKey, tenant_name: str) -> ApiKeyInfo:
     return ApiKeyInfo(
-        id=key.id, tenant=tenant_name, name=key.name, scopes=key.scopes,
-        created_at=key.created_at, last_used_at=key.last_used_at, revoked_at=key.revoked_at,
+        id=key.id,
+        tenant=tenant_name,
+        name=key.name,
+        scopes=key.scopes,
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
     )
 
 

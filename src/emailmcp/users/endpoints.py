@@ -12,7 +12,12 @@ router = APIRouter(prefix="/v1/users", tags=["users"], responses=ERROR_RESPONSES
 UserIdPath = Annotated[str, Path(pattern=USER_ID_PATTERN, description="Your identifier for the user.")]
 
 
-@router.post("", response_model=UserOut, status_code=status.HTTP_201_CREATED, responses={200: {"model": UserOut, "description": "The user already existed."}})
+@router.post(
+    "",
+    response_model=UserOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": UserOut, "description": "The user already existed."}},
+)
 async def create_user(body: UserCreate, ctx: MailContext, session: Session, response: Response) -> UserOut:
     """Creates the user, or updates the given fields of an existing one (201 created, 200 existed)."""
     user, created = await service.upsert_user(session, ctx, body)
@@ -53,7 +58,9 @@ async def set_mailbox(
     user_id: UserIdPath, body: SmtpMailboxIn, ctx: AdminContext, session: Session, runtime: CurrentRuntime
 ) -> MailboxOut:
     """Sets the user's own SMTP mailbox; the password is encrypted at rest and never returned."""
-    return await service.set_smtp_mailbox(session, ctx, runtime.vault, user_id, body, runtime.settings.smtp_allow_private_hosts)
+    return await service.set_smtp_mailbox(
+        session, ctx, runtime.vault, user_id, body, runtime.settings.smtp_allow_private_hosts
+    )
 
 
 @router.delete("/{user_id}/mailbox", status_code=status.HTTP_204_NO_CONTENT)

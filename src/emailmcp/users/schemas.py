@@ -31,7 +31,9 @@ class SmtpSecurity(StrEnum):
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: UserId = Field(description="Your own identifier for the user; unique within your tenant.", examples=["user123"])
+    user_id: UserId = Field(
+        description="Your own identifier for the user; unique within your tenant.", examples=["user123"]
+    )
     email: EmailStr | None = None
     display_name: Annotated[HeaderSafeText, StringConstraints(max_length=200)] | None = None
 
@@ -87,5 +89,7 @@ class SmtpMailboxIn(BaseModel):
     port: int = Field(ge=1, le=65535)
     security: SmtpSecurity = SmtpSecurity.starttls
     username: Annotated[HeaderSafeText, StringConstraints(max_length=320)] | None = None
-    password: Annotated[str, StringConstraints(max_length=1024)] | None = Field(default=None, json_schema_extra={"writeOnly": True})
+    password: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
+        default=None, json_schema_extra={"writeOnly": True}
+    )
     from_address: EmailStr

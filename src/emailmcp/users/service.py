@@ -33,19 +33,28 @@ def mailbox_out(mailbox: Mailbox | None) -> MailboxOut:
     smtp = None
     if mailbox.type == MailboxType.smtp:
         smtp = SmtpSettingsOut(
-            host=mailbox.smtp_host, port=mailbox.smtp_port, security=mailbox.smtp_security,
-            username=mailbox.smtp_username, password_set=mailbox.smtp_password is not None,
+            host=mailbox.smtp_host,
+            port=mailbox.smtp_port,
+            security=mailbox.smtp_security,
+            username=mailbox.smtp_username,
+            password_set=mailbox.smtp_password is not None,
         )
     return MailboxOut(
-        type=mailbox.type, status=mailbox.status, from_address=mailbox.from_address,
-        connected_at=mailbox.connected_at, smtp=smtp,
+        type=mailbox.type,
+        status=mailbox.status,
+        from_address=mailbox.from_address,
+        connected_at=mailbox.connected_at,
+        smtp=smtp,
     )
 
 
 def user_out(user: EndUser) -> UserOut:
     return UserOut(
-        user_id=user.user_id, email=user.email, display_name=user.display_name,
-        created_at=user.created_at, mailbox=mailbox_out(user.mailbox),
+        user_id=user.user_id,
+        email=user.email,
+        display_name=user.display_name,
+        created_at=user.created_at,
+        mailbox=mailbox_out(user.mailbox),
     )
 
 
@@ -99,7 +108,9 @@ async def list_users(session: AsyncSession, ctx: TenantContext, cursor: str | No
 async def get_profile(session: AsyncSession, ctx: TenantContext, user_id: str) -> Profile:
     user = await get_user(session, ctx, user_id)
     mailbox = user.mailbox
-    gmail_connected = mailbox is not None and mailbox.type == MailboxType.gmail and mailbox.status == MailboxStatus.connected
+    gmail_connected = (
+        mailbox is not None and mailbox.type == MailboxType.gmail and mailbox.status == MailboxStatus.connected
+    )
     return Profile(
         user_id=user.user_id,
         email_address=(mailbox.from_address if mailbox else None) or user.email,
@@ -125,7 +136,12 @@ async def get_mailbox(session: AsyncSession, ctx: TenantContext, user_id: str) -
 
 
 async def set_smtp_mailbox(
-    session: AsyncSession, ctx: TenantContext, vault: Vault, user_id: str, data: SmtpMailboxIn, allow_private_hosts: bool
+    session: AsyncSession,
+    ctx: TenantContext,
+    vault: Vault,
+    user_id: str,
+    data: SmtpMailboxIn,
+    allow_private_hosts: bool,
 ) -> MailboxOut:
     """Stores the user's own SMTP mailbox; the password only as a vault ciphertext bound to this row."""
     if not allow_private_hosts:
@@ -136,12 +152,22 @@ async def set_smtp_mailbox(
     user = await ensure_user(session, ctx, user_id)
     password = None
     if data.password is not None:
-        password = vault.encrypt(data.password, SecretContext(Mailbox.__tablename__, "smtp_password", ctx.tenant_id, user.id))
+        password = vault.encrypt(
+            data.password, SecretContext(Mailbox.__tablename__, "smtp_password", ctx.tenant_id, user.id)
+        )
     mailbox = await repository.save_mailbox(
-        session, ctx, user,
-        type=MailboxType.smtp.value, status=MailboxStatus.connected.value, connected_at=utcnow(),
-        from_address=str(data.from_address), smtp_host=data.host, smtp_port=data.port,
-        smtp_security=data.security.value, smtp_username=data.username, smtp_password=password,
+        session,
+        ctx,
+        user,
+        type=MailboxType.smtp.value,
+        status=MailboxStatus.connected.value,
+        connected_at=utcnow(),
+        from_address=str(data.from_address),
+        smtp_host=data.host,
+        smtp_port=data.port,
+        smtp_security=data.security.value,
+        smtp_username=data.username,
+        smtp_password=password,
     )
     await session.commit()
     return mailbox_out(mailbox)
