@@ -75,9 +75,6 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
 
-    @property
-    def rate_limit_enabled(self) -> bool:
-        return self.rate_limit != "0"
 
 
 def load_settings() -> Settings:
