@@ -76,6 +76,5 @@ class Settings(BaseSettings):
         return self.resolved_database_url.startswith("sqlite")
 
 
-
 def load_settings() -> Settings:
     return Settings()
