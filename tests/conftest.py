@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from peers.smtp import smtp_sink  # noqa: F401  (the fixture, for every test module)
+
 BIN = Path(sys.executable).parent
 EMAILMCP = str(BIN / "emailmcp")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -180,9 +182,7 @@ class Server:
         return httpx2.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
 
 
-@pytest.fixture
-def start_server(tmp_path_factory) -> Iterator:
-    """Returns a function starting a server with the given database URL and extra EMAILMCP_* settings."""
+def _starter(tmp_path_factory) -> Iterator:
     servers: list[Server] = []
 
     def start(database_url: str | None = None, **env: str) -> Server:
@@ -193,6 +193,18 @@ def start_server(tmp_path_factory) -> Iterator:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path_factory) -> Iterator:
+    """Returns a function starting a server with the given database URL and extra EMAILMCP_* settings."""
+    yield from _starter(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tmp_path_factory) -> Iterator:
+    """Like start_server, for servers shared by a whole test module."""
+    yield from _starter(tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -18,6 +18,12 @@ ROUTES = [
     ("GET", "/v1/users/{user_id}/mailbox", "mail"),
     ("PUT", "/v1/users/{user_id}/mailbox", "admin"),
     ("DELETE", "/v1/users/{user_id}/mailbox", "admin"),
+    ("POST", "/v1/users/{user_id}/messages", "mail"),
+    ("POST", "/v1/messages", "mail"),
+    ("GET", "/v1/messages", "mail"),
+    ("GET", "/v1/messages/{message_id}", "mail"),
+    ("POST", "/v1/messages/{message_id}/cancel", "mail"),
+    ("GET", "/v1/messages/{message_id}/raw", "mail"),
 ]
 PUBLIC = {("GET", path) for path in ("/", "/health", "/ready", "/metrics", "/docs", "/openapi.json")}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -35,6 +41,8 @@ SMTP_MAILBOX = {
 BODIES = {
     ("POST", "/v1/users"): {"user_id": PROBE_USER},
     ("PUT", "/v1/users/{user_id}/mailbox"): SMTP_MAILBOX,
+    ("POST", "/v1/users/{user_id}/messages"): {"to": ["probe@example.com"], "body": "auth probe"},
+    ("POST", "/v1/messages"): {"user_id": PROBE_USER, "to": ["probe@example.com"], "body": "auth probe"},
 }
 KEY_SCOPES = {"mail": ("mail",), "llm": ("llm",), "admin": ("admin",), "all": ("mail", "llm", "admin")}
 
@@ -46,7 +54,9 @@ def route_id(route) -> str:
 def call(client, route, headers: dict | None = None, user_id: str = PROBE_USER):
     method, template, _ = route
     body = BODIES.get((method, template))
-    return client.request(method, template.format(user_id=user_id), json=body, headers=headers)
+    return client.request(
+        method, template.format(user_id=user_id, message_id="msg_0000000000000000000000000"), json=body, headers=headers
+    )
 
 
 def assert_bearer_challenge(response) -> None:

@@ -1,5 +1,6 @@
 """create_app(): settings, database, routers, middleware and the lifespan that prepares them."""
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from emailmcp import __version__
 from emailmcp.body_limit import BodySizeLimitMiddleware
 from emailmcp.errors import install_error_handlers
+from emailmcp.mail.endpoints import router as messages_router
+from emailmcp.mail.worker import DeliveryWorker
 from emailmcp.observability import RequestContextMiddleware
 from emailmcp.runtime import Runtime, write_private_file
 from emailmcp.settings import Settings, load_settings
@@ -37,8 +40,11 @@ def hand_over_bootstrap_key(data_dir: Path, key: str) -> None:
         )
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
-    """The ASGI app. Without a runtime, the lifespan builds one from the settings."""
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None, run_worker: bool = True) -> FastAPI:
+    """The ASGI app. Without a runtime, the lifespan builds one from the settings.
+
+    With `run_worker`, a delivery worker runs inside the server process (the embedded default).
+    """
     settings = runtime.settings if runtime else settings or load_settings()
 
     @asynccontextmanager
@@ -49,10 +55,21 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         if bootstrap_key:
             hand_over_bootstrap_key(settings.data_dir, bootstrap_key)
         app.state.runtime = runtime
-        log.info("started", database=runtime.engine.dialect.name)
+        if settings.default_transport == "capture":
+            log.warning(
+                "capture_transport_active",
+                advice="users without a mailbox get their mail captured, not delivered; "
+                "set EMAILMCP_DEFAULT_TRANSPORT=smtp (with EMAILMCP_SMTP_HOST) or none",
+            )
+        log.info("started", database=runtime.engine.dialect.name, worker=run_worker)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(DeliveryWorker(runtime).run(stop)) if run_worker else None
         try:
             yield
         finally:
+            stop.set()
+            if worker:
+                await worker
             await runtime.close()
 
     app = FastAPI(
@@ -64,6 +81,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     install_error_handlers(app)
     app.include_router(system_router)
     app.include_router(users_router)
+    app.include_router(messages_router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

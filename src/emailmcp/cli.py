@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -95,7 +96,7 @@ def serve(
         runtime = Runtime.create(settings)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
-    application = create_app(runtime=runtime)
+    application = create_app(runtime=runtime, run_worker=not no_worker)
     uvicorn.run(
         application,
         host=host or settings.host,
@@ -105,6 +106,24 @@ def serve(
         proxy_headers=True,
         server_header=False,
     )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Messages sent at the same time.")] = 8,
+) -> None:
+    """Run a standalone delivery worker (migrates first). Stops gracefully on SIGTERM or Ctrl-C."""
+    from emailmcp.mail.worker import DeliveryWorker
+
+    async def work(runtime: Runtime) -> None:
+        await runtime.migrate()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await DeliveryWorker(runtime, concurrency).run(stop)
+
+    _run(work)
 
 
 @app.command()

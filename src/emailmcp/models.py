@@ -1,7 +1,8 @@
 """Every table, imported in one place so Base.metadata is complete for migrations and the vault."""
 
 from emailmcp.db import Base
+from emailmcp.mail.models import DeliveryAttempt, Message
 from emailmcp.tenancy.models import ApiKey, Tenant, TenantSettings
 from emailmcp.users.models import EndUser, Mailbox
 
-__all__ = ["ApiKey", "Base", "EndUser", "Mailbox", "Tenant", "TenantSettings"]
+__all__ = ["ApiKey", "Base", "DeliveryAttempt", "Message", "EndUser", "Mailbox", "Tenant", "TenantSettings"]

@@ -7,7 +7,7 @@ import time
 import uuid
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,6 +19,17 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_LATENCY = Histogram(
     "emailmcp_http_request_duration_seconds", "Time to answer an HTTP request", ["method", "route"], registry=REGISTRY
+)
+
+DELIVERY_OUTCOMES = Counter(
+    "emailmcp_delivery_outcomes",
+    "Delivery attempts by transport and outcome",
+    ["transport", "outcome"],
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge("emailmcp_messages", "Messages by status (read at scrape time)", ["status"], registry=REGISTRY)
+OLDEST_DUE_AGE = Gauge(
+    "emailmcp_oldest_due_message_age_seconds", "How long the oldest due message has waited", registry=REGISTRY
 )
 
 _API_KEY = re.compile(r"(emk_[a-z0-9]{12}_)[A-Za-z0-9_-]+")

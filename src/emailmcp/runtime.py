@@ -5,7 +5,7 @@ Built once by the app's lifespan or by a CLI command, and handed to whatever nee
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from emailmcp import db
 from emailmcp.errors import ConfigurationError
+from emailmcp.mail.signal import OutboxSignal
 from emailmcp.settings import Settings
 from emailmcp.tenancy import service as tenancy_service
 from emailmcp.tenancy.rate_limit import RateLimiter
@@ -78,6 +79,7 @@ class Runtime:
     vault: Vault
     key_pepper: bytes
     rate_limiter: RateLimiter
+    outbox_signal: OutboxSignal = field(default_factory=OutboxSignal)
 
     @classmethod
     def create(cls, settings: Settings) -> "Runtime":

@@ -2,7 +2,7 @@
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,6 +27,23 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     smtp_allow_private_hosts: bool = False
+
+    # Delivery
+    default_transport: Literal["capture", "smtp", "none"] = "capture"
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "emailmcp@localhost"
+    worker_lease_seconds: int = Field(default=60, ge=5)
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    retry_base_seconds: float = Field(default=30.0, ge=0)
+    daily_send_cap: int = Field(default=500, ge=0)
+    max_recipients: int = Field(default=100, ge=1)
+    max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    retention_days: int = Field(default=30, ge=1)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -10,7 +10,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from emailmcp import __version__, db
 from emailmcp.db import utcnow
-from emailmcp.observability import REGISTRY
+from emailmcp.mail import repository as mail_repository
+from emailmcp.mail.schemas import MessageStatus
+from emailmcp.observability import OLDEST_DUE_AGE, QUEUE_DEPTH, REGISTRY
 from emailmcp.tenancy.dependencies import CurrentRuntime
 
 router = APIRouter(tags=["system"])
@@ -62,6 +64,17 @@ async def ready(runtime: CurrentRuntime) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-async def metrics() -> Response:
-    """Prometheus text exposition."""
+async def metrics(runtime: CurrentRuntime) -> Response:
+    """Prometheus text exposition; queue figures are read from the database at scrape time."""
+    now = utcnow()
+    try:
+        async with runtime.sessionmaker() as session:
+            by_status = await mail_repository.count_by_status(session)
+            oldest = await mail_repository.oldest_due(session, now)
+    except (SQLAlchemyError, OSError):
+        pass
+    else:
+        for status in MessageStatus:
+            QUEUE_DEPTH.labels(status.value).set(by_status.get(status.value, 0))
+        OLDEST_DUE_AGE.set((now - oldest).total_seconds() if oldest else 0)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -5,6 +6,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, field_validator
 
 TENANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class Scope(StrEnum):
@@ -29,6 +31,21 @@ class TenantSettingsValues(BaseModel):
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 
     rate_limit: str | None = None
+    recipient_domain_allowlist: list[str] | None = None
+    recipient_domain_denylist: list[str] | None = None
+
+    @field_validator("recipient_domain_allowlist", "recipient_domain_denylist", mode="before")
+    @classmethod
+    def _domains(cls, value: object) -> object:
+        """Accepts a list or the comma-separated form the CLI passes; domains are kept lower-case."""
+        if isinstance(value, str):
+            value = [part for part in (item.strip() for item in value.split(",")) if part]
+        if isinstance(value, list):
+            for domain in value:
+                if not isinstance(domain, str) or not _DOMAIN.match(domain.lower()):
+                    raise ValueError(f"not a domain name: {domain!r}")
+            return [domain.lower() for domain in value]
+        return value
 
     @field_validator("rate_limit")
     @classmethod

@@ -1,0 +1,208 @@
+"""Turns an outgoing email into RFC 5322 bytes, and HTML into readable plain text."""
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.header import Header
+from email.headerregistry import Address
+from email.message import EmailMessage
+from html.parser import HTMLParser
+
+# SMTP's CRLF and folding, but 7-bit clean bodies (quoted-printable or base64 instead of raw 8bit), so a message
+# goes through any server whether or not it offers 8BITMIME; and headers stored raw (set_raw) are written as given.
+POLICY = policy.SMTP.clone(cte_type="7bit", refold_source="none")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    message_id: str  # RFC 5322 Message-ID including angle brackets, fixed at enqueue
+    from_address: str
+    from_name: str | None
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    reply_to: list[str]
+    subject: str
+    text_body: str | None  # the text/plain part; for HTML mail the derived or given text
+    html_body: str | None  # None for text-only mail
+    in_reply_to: str | None
+    references: list[str]
+    attachments: list[Attachment]
+    date: datetime  # timezone-aware
+
+    def envelope_recipients(self) -> list[str]:
+        """To, Cc and Bcc in order, without case-insensitive duplicates."""
+        seen: set[str] = set()
+        recipients = []
+        for address in [*self.to, *self.cc, *self.bcc]:
+            if address.lower() not in seen:
+                seen.add(address.lower())
+                recipients.append(address)
+        return recipients
+
+
+def _address(address: str, display_name: str | None = None) -> Address:
+    # The stdlib would write a non-ASCII domain as an invalid encoded-word; SMTPUTF8 is not supported.
+    if not address.isascii():
+        raise ValueError(f"{address!r}: non-ASCII addresses are not supported")
+    return Address(display_name=display_name or "", addr_spec=address)
+
+
+def build_mime(email: OutgoingEmail) -> bytes:
+    """The message as sent: text/plain, multipart/alternative for HTML, multipart/mixed around attachments.
+
+    Bcc recipients never appear in a header; they are only in `envelope_recipients()`. Raises ValueError
+    for a header value with CR or LF, and for a non-ASCII address.
+    """
+    msg = EmailMessage(policy=POLICY)
+    sender = _address(email.from_address, email.from_name)
+    if sender.display_name.isascii():
+        msg["From"] = sender
+    else:
+        # Python's folder (before gh-144156) drops the space between adjacent encoded-words of a long non-ASCII
+        # display name ("Zoë Zoë" -> "ZoëZoë"); the classic Header encoder splits it correctly.
+        name = Header(sender.display_name, "utf-8", header_name="From").encode(linesep="\r\n")
+        msg.set_raw("From", f"{name} <{sender.addr_spec}>")
+    if email.to:
+        msg["To"] = [_address(a) for a in email.to]
+    if email.cc:
+        msg["Cc"] = [_address(a) for a in email.cc]
+    if email.reply_to:
+        msg["Reply-To"] = [_address(a) for a in email.reply_to]
+    msg["Subject"] = email.subject
+    msg["Date"] = email.date
+    msg["Message-ID"] = email.message_id
+    if email.in_reply_to:
+        msg["In-Reply-To"] = email.in_reply_to
+    if email.references:
+        msg["References"] = " ".join(email.references)
+
+    text = email.text_body
+    if text is None:
+        text = html_to_text(email.html_body) if email.html_body is not None else ""
+    msg.set_content(text, charset="utf-8")
+    if email.html_body is not None:
+        msg.add_alternative(email.html_body, subtype="html", charset="utf-8")
+    for attachment in email.attachments:
+        maintype, _, subtype = attachment.content_type.partition("/")
+        if not maintype or not subtype:
+            maintype, subtype = "application", "octet-stream"
+        msg.add_attachment(attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename)
+    # Parts made by add_alternative/add_attachment carry their own MIME-Version; only the top level needs it.
+    for part in msg.walk():
+        if part is not msg:
+            del part["MIME-Version"]
+    return msg.as_bytes(policy=POLICY)
+
+
+def new_message_id(domain: str) -> str:
+    return f"<{secrets.token_hex(16)}@{domain}>"
+
+
+_SKIP = {"script", "style", "title", "template"}
+_PARAGRAPH = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "pre", "hr", "dl", "figure"}
+_LINE = {"div", "tr", "dt", "dd", "section", "article", "header", "footer", "nav", "aside", "main", "address"}
+# Placeholders that survive whitespace normalisation: preformatted spaces/tabs and list indentation.
+_SPACE, _TAB = "\x01", "\x02"
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self._pending = 0  # line breaks owed before the next text: blocks ask for "at least n", not n more
+        self._skip = 0
+        self._pre = 0
+        self._lists: list[list[int]] = []  # one [counter] per open list; counter -1 for <ul>
+        self._links: list[tuple[str, int]] = []  # (href, index in out where the link text starts)
+
+    def _block(self, breaks: int) -> None:
+        self._pending = max(self._pending, breaks)
+
+    def _emit(self, text: str) -> None:
+        if self._pending and self.out:
+            self.out.append("\n" * self._pending)
+        self._pending = 0
+        self.out.append(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP:
+            self._skip += 1
+        elif tag == "br":
+            self._emit("\n")
+        elif tag in ("ul", "ol"):
+            self._block(1 if self._lists else 2)
+            self._lists.append([-1 if tag == "ul" else 0])
+        elif tag == "li":
+            counter = self._lists[-1] if self._lists else [-1]
+            if counter[0] >= 0:
+                counter[0] += 1
+            self._block(1)
+            self._emit(_SPACE * 2 * max(len(self._lists) - 1, 0) + ("-" if counter[0] < 0 else f"{counter[0]}.") + " ")
+        elif tag == "a":
+            self._links.append((dict(attrs).get("href") or "", len(self.out)))
+        elif tag in ("td", "th"):
+            self._emit(" ")
+        if tag == "pre":
+            self._pre += 1
+        if tag in _PARAGRAPH:
+            self._block(2)
+        elif tag in _LINE:
+            self._block(1)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP:
+            self._skip = max(self._skip - 1, 0)
+        elif tag in ("ul", "ol") and self._lists:
+            self._lists.pop()
+            self._block(1 if self._lists else 2)
+        elif tag == "a" and self._links:
+            href, start = self._links.pop()
+            self._append_link(href, "".join(self.out[start:]).strip())
+        if tag == "pre":
+            self._pre = max(self._pre - 1, 0)
+        if tag in _PARAGRAPH:
+            self._block(2)
+        elif tag in _LINE:
+            self._block(1)
+
+    def _append_link(self, href: str, text: str) -> None:
+        href = href.strip()
+        if not href or href.startswith(("#", "javascript:")):
+            return
+        shown = href.removeprefix("mailto:")
+        if not text:
+            self._emit(shown)
+        elif text not in (href, shown):
+            self._emit(f" ({shown})")
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        if self._pre:
+            self._emit(data.replace(" ", _SPACE).replace("\t", _TAB))
+            return
+        text = re.sub(r"\s+", " ", data)
+        if self._pending or not self.out or self.out[-1][-1:] in (" ", "\n"):
+            text = text.lstrip(" ")
+        if text:
+            self._emit(text)
+
+
+def html_to_text(html: str) -> str:
+    """Readable plain text: paragraphs and line breaks kept, links as "text (url)", scripts and styles dropped."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    lines = (line.strip(" ") for line in "".join(parser.out).split("\n"))
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    return text.replace(_SPACE, " ").replace(_TAB, "\t")
