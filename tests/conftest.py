@@ -92,8 +92,11 @@ def make_database(tmp_path_factory) -> Iterator:
 class Server:
     """An `emailmcp serve` process, started from its own working directory like a user would."""
 
-    def __init__(self, workdir: Path, database_url: str | None = None, **env: str) -> None:
+    def __init__(
+        self, workdir: Path, database_url: str | None = None, args: tuple[str, ...] = (), **env: str
+    ) -> None:
         self.workdir = workdir
+        self.args = tuple(args)  # extra `emailmcp serve` options, e.g. ("--no-worker",)
         self.data_dir = workdir / "data"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -114,7 +117,7 @@ class Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [EMAILMCP, "serve", "--port", str(self.port)],
+            [EMAILMCP, "serve", "--port", str(self.port), *self.args],
             cwd=self.workdir,
             env=self.env,
             stdout=self._log,
@@ -185,8 +188,8 @@ class Server:
 def _starter(tmp_path_factory) -> Iterator:
     servers: list[Server] = []
 
-    def start(database_url: str | None = None, **env: str) -> Server:
-        server = Server(tmp_path_factory.mktemp("server"), database_url, **env).start()
+    def start(database_url: str | None = None, args: tuple[str, ...] = (), **env: str) -> Server:
+        server = Server(tmp_path_factory.mktemp("server"), database_url, args, **env).start()
         servers.append(server)
         return server
 

@@ -70,7 +70,9 @@ def test_send_is_accepted_then_delivered_by_capture(client):
     assert mime["Cc"] == "bob@example.com"
     assert "Bcc" not in mime and b"eve@example.com" not in client.get(f"/v1/messages/{queued['id']}/raw").content
     assert mime.get_content().strip() == "Hello there"
-    assert client.get("/v1/users/u1/profile").status_code == 200
+    profile = client.get("/v1/users/u1/profile").json()
+    assert profile["total_emails_sent"] == 1
+    assert profile["last_used"] == queued["created_at"]
 
 
 def test_html_with_attachment_and_threading(client):

@@ -4,7 +4,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not a rate limit such as '6000/minute': {value!r}") from exc
         return value
+
+    @model_validator(mode="after")
+    def _relay_needs_a_host(self) -> "Settings":
+        if self.default_transport == "smtp" and not self.smtp_host:
+            raise ValueError("EMAILMCP_DEFAULT_TRANSPORT=smtp needs EMAILMCP_SMTP_HOST (the relay to send through)")
+        return self
 
     @cached_property
     def resolved_database_url(self) -> str:

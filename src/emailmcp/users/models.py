@@ -19,7 +19,6 @@ class EndUser(Base):
     display_name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
-    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     mailbox: Mapped["Mailbox | None"] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True, lazy="raise"

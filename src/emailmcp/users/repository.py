@@ -1,11 +1,14 @@
 """SQL for end users and mailboxes. Every function takes the tenant context and filters by it."""
 
-from sqlalchemy import delete, select
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from emailmcp.db import utcnow
+from emailmcp.mail.models import Message
 from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.users.models import EndUser, Mailbox
 
@@ -61,3 +64,15 @@ async def save_mailbox(session: AsyncSession, ctx: TenantContext, user: EndUser,
 
 async def delete_mailbox(session: AsyncSession, ctx: TenantContext, user: EndUser) -> None:
     await session.execute(delete(Mailbox).where(Mailbox.tenant_id == ctx.tenant_id, Mailbox.user_pk == user.id))
+
+
+async def sending_stats(session: AsyncSession, ctx: TenantContext, user: EndUser) -> tuple[int, datetime | None]:
+    """How many of the user's messages were sent, and when they last asked to send one."""
+    row = (
+        await session.execute(
+            select(func.count().filter(Message.status == "sent"), func.max(Message.created_at)).where(
+                Message.tenant_id == ctx.tenant_id, Message.user_pk == user.id
+            )
+        )
+    ).one()
+    return row[0], row[1]

@@ -107,6 +107,7 @@ async def list_users(session: AsyncSession, ctx: TenantContext, cursor: str | No
 
 async def get_profile(session: AsyncSession, ctx: TenantContext, user_id: str) -> Profile:
     user = await get_user(session, ctx, user_id)
+    total_sent, last_send = await repository.sending_stats(session, ctx, user)
     mailbox = user.mailbox
     gmail_connected = (
         mailbox is not None and mailbox.type == MailboxType.gmail and mailbox.status == MailboxStatus.connected
@@ -117,8 +118,8 @@ async def get_profile(session: AsyncSession, ctx: TenantContext, user_id: str) -
         display_name=user.display_name,
         gmail_connected=gmail_connected,
         connection_date=mailbox.connected_at if mailbox else None,
-        last_used=user.last_used_at,
-        total_emails_sent=0,
+        last_used=last_send,
+        total_emails_sent=total_sent,
         created_at=user.created_at,
         mailbox=mailbox_out(mailbox),
     )

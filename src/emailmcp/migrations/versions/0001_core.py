@@ -51,7 +51,6 @@ def upgrade() -> None:
         sa.Column("display_name", sa.String(length=200), nullable=True),
         sa.Column("created_at", emailmcp.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", emailmcp.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_used_at", emailmcp.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["tenant_id"], ["tenants.id"], name=op.f("fk_end_users_tenant_id_tenants"), ondelete="CASCADE"
         ),
