@@ -92,9 +92,7 @@ def make_database(tmp_path_factory) -> Iterator:
 class Server:
     """An `emailmcp serve` process, started from its own working directory like a user would."""
 
-    def __init__(
-        self, workdir: Path, database_url: str | None = None, args: tuple[str, ...] = (), **env: str
-    ) -> None:
+    def __init__(self, workdir: Path, database_url: str | None = None, args: tuple[str, ...] = (), **env: str) -> None:
         self.workdir = workdir
         self.args = tuple(args)  # extra `emailmcp serve` options, e.g. ("--no-worker",)
         self.data_dir = workdir / "data"
@@ -115,7 +113,7 @@ class Server:
 
     def start(self, timeout: float = 30) -> "Server":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- stays open for the process's lifetime
         self.process = subprocess.Popen(
             [EMAILMCP, "serve", "--port", str(self.port), *self.args],
             cwd=self.workdir,

@@ -18,6 +18,8 @@ from emailmcp import db
 KEY_LINE = re.compile(r"^emk_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 PROJECT = Path(__file__).resolve().parents[1]
 
+DEFAULTS = {"rate_limit": None, "recipient_domain_allowlist": None, "recipient_domain_denylist": None}
+
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *mentions: str) -> str:
     """A refusal: non-zero exit, a message naming the problem, no traceback."""
@@ -146,7 +148,7 @@ def test_tenants_list_and_show(server, tenant_name):
     assert "default" in listing.split()
 
     document, keys = show(server, tenant_name)
-    assert document == {"tenant": tenant_name, "settings": {"rate_limit": None}}
+    assert document == {"tenant": tenant_name, "settings": DEFAULTS}
     rows = key_rows(keys)
     assert set(rows) == {key[4:16], llm[4:16], revoked[4:16]}
     assert rows[revoked[4:16]][-1] == "revoked" and rows[llm[4:16]][-1] == "active"
@@ -158,8 +160,8 @@ def test_tenants_list_and_show(server, tenant_name):
 def test_tenant_settings_set_and_unset(server, tenant_name):
     key = server.create_key(tenant_name, "mail")
     result = server.cli("tenants", "set", tenant_name, "rate_limit", "2/minute")
-    assert json.loads(result.stdout) == {"rate_limit": "2/minute"}
-    assert show(server, tenant_name)[0]["settings"] == {"rate_limit": "2/minute"}
+    assert json.loads(result.stdout) == DEFAULTS | {"rate_limit": "2/minute"}
+    assert show(server, tenant_name)[0]["settings"] == DEFAULTS | {"rate_limit": "2/minute"}
     # The running server applies it at once.
     with server.client(key) as client:
         statuses = [client.get("/v1/users").status_code for _ in range(3)]
@@ -167,10 +169,10 @@ def test_tenant_settings_set_and_unset(server, tenant_name):
         assert client.get("/v1/users").headers["RateLimit-Limit"] == "2"
 
     server.cli("tenants", "set", tenant_name, "rate_limit", "100/minute")
-    assert show(server, tenant_name)[0]["settings"] == {"rate_limit": "100/minute"}
+    assert show(server, tenant_name)[0]["settings"] == DEFAULTS | {"rate_limit": "100/minute"}
     result = server.cli("tenants", "unset", tenant_name, "rate_limit")
-    assert json.loads(result.stdout) == {"rate_limit": None}
-    assert show(server, tenant_name)[0]["settings"] == {"rate_limit": None}
+    assert json.loads(result.stdout) == DEFAULTS
+    assert show(server, tenant_name)[0]["settings"] == DEFAULTS
     with server.client(key) as client:
         response = client.get("/v1/users")
         assert response.status_code == 200
@@ -192,7 +194,7 @@ def test_tenants_set_refuses_unknown_settings_and_bad_values(server, tenant_name
     for args, mentions in BAD_SETTINGS:
         assert_clean_failure(server.cli("tenants", "set", tenant_name, *args, check=False), *mentions)
     assert_clean_failure(server.cli("tenants", "unset", tenant_name, "colour", check=False), "colour")
-    assert show(server, tenant_name)[0]["settings"] == {"rate_limit": "100/minute"}
+    assert show(server, tenant_name)[0]["settings"] == DEFAULTS | {"rate_limit": "100/minute"}
 
 
 def test_tenant_commands_on_an_unknown_tenant_fail(server):
@@ -259,7 +261,7 @@ def test_every_command_works_from_the_root_directory(start_server, tenant_name):
     assert key[4:16] in server.cli("keys", "list", "--tenant", tenant_name, cwd=root).stdout
     assert tenant_name in server.cli("tenants", "list", cwd=root).stdout
     server.cli("tenants", "set", tenant_name, "rate_limit", "50/minute", cwd=root)
-    assert show(server, tenant_name)[0]["settings"] == {"rate_limit": "50/minute"}
+    assert show(server, tenant_name)[0]["settings"] == DEFAULTS | {"rate_limit": "50/minute"}
     server.cli("tenants", "unset", tenant_name, "rate_limit", cwd=root)
     assert "tenant" in server.cli("tenants", "show", tenant_name, cwd=root).stdout
     assert re.fullmatch(r"k9:[A-Za-z0-9_-]{43}\n", server.cli("secrets", "generate-key", "k9", cwd=root).stdout)

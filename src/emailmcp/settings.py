@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_from: str = "emailmcp@localhost"
+    smtp_ca_file: Path | None = None
     worker_lease_seconds: int = Field(default=60, ge=5)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     max_attempts: int = Field(default=8, ge=1)

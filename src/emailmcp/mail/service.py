@@ -106,7 +106,8 @@ async def _check_daily_cap(session: AsyncSession, ctx: TenantContext, user: EndU
         raise APIError(
             429,
             "daily_send_cap",
-            f"User {user.user_id!r} reached the cap of {cap} messages in 24 hours; more can be sent from {reset.isoformat()}.",
+            f"User {user.user_id!r} reached the cap of {cap} messages in 24 hours;"
+            f" more can be sent from {reset.isoformat()}.",
             [{"field": "user_id", "message": f"resets at {reset.isoformat()}"}],
             headers={"Retry-After": str(retry_after)},
         )

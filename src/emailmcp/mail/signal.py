@@ -5,6 +5,7 @@ In one process an asyncio event does it; across processes on PostgreSQL, NOTIFY 
 """
 
 import asyncio
+import contextlib
 
 CHANNEL = "emailmcp_outbox"
 
@@ -16,9 +17,8 @@ class OutboxSignal:
     def notify(self) -> None:
         self._event.set()
 
-    async def wait(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
-            pass
+    async def wait(self, seconds: float) -> None:
+        """Returns when notified or after `seconds`, whichever comes first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
         self._event.clear()

@@ -13,6 +13,7 @@ import socket
 from datetime import datetime, timedelta
 
 import structlog
+
 from emailmcp.db import utcnow
 from emailmcp.mail import repository
 from emailmcp.mail.mime import Attachment, OutgoingEmail, build_mime, html_to_text
@@ -22,6 +23,7 @@ from emailmcp.mail.signal import CHANNEL
 from emailmcp.mail.transports.base import PermanentError, SendResult, TransientError, Transport
 from emailmcp.mail.transports.capture import CaptureTransport
 from emailmcp.mail.transports.smtp import SmtpConfig, SmtpTransport
+from emailmcp.network import resolve_public_host
 from emailmcp.observability import DELIVERY_OUTCOMES
 from emailmcp.runtime import Runtime
 from emailmcp.users.models import Mailbox
@@ -76,6 +78,7 @@ class DeliveryWorker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._inflight: set[asyncio.Task] = set()
         self._capture = CaptureTransport()
+        self._ca_file = str(self.settings.smtp_ca_file) if self.settings.smtp_ca_file else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Delivers until `stop` is set, then lets in-flight sends finish and releases what is left."""
@@ -138,6 +141,8 @@ class DeliveryWorker:
                     mime = build_mime(email)
                 except ValueError as exc:
                     raise Undeliverable(f"the message cannot be built: {exc}") from None
+                if message.via_mailbox and isinstance(transport, SmtpTransport):
+                    await self._check_host(transport.config)
                 result = await transport.send(mime, sender, email.envelope_recipients())
             except Undeliverable as exc:
                 await self._record_failure(message, started, str(exc), "undeliverable")
@@ -164,6 +169,7 @@ class DeliveryWorker:
                 security=self.settings.smtp_security,
                 username=self.settings.smtp_username,
                 password=self.settings.smtp_password.get_secret_value() if self.settings.smtp_password else None,
+                ca_file=self._ca_file,
             )
             return SmtpTransport(config), message.from_address
         if mailbox is None or mailbox.type != message.transport:
@@ -183,9 +189,19 @@ class DeliveryWorker:
                 security=mailbox.smtp_security,
                 username=mailbox.smtp_username,
                 password=password,
+                ca_file=self._ca_file,
             )
             return SmtpTransport(config), mailbox.from_address
         raise Undeliverable(f"no {mailbox.type} transport is available in this version")
+
+    async def _check_host(self, config: SmtpConfig) -> None:
+        """Checks a user-supplied host again at send time: DNS may have changed since it was saved."""
+        if self.settings.smtp_allow_private_hosts:
+            return
+        try:
+            await resolve_public_host(config.host, config.port)
+        except ValueError as exc:
+            raise Undeliverable(f"host_not_allowed: {exc}") from None
 
     async def _finish(
         self, message: Message, started: datetime, outcome: str, detail: str | None, values: dict
@@ -249,7 +265,7 @@ class DeliveryWorker:
             {
                 "status": MessageStatus.queued,
                 "next_attempt_at": retry_at,
-                "error": None,
+                "error": f"retrying at {retry_at.isoformat(timespec='seconds')} after: {exc.message}",
             },
         )
 

@@ -66,9 +66,15 @@ async def get_user(session: AsyncSession, ctx: TenantContext, user_id: str) -> E
 
 
 async def ensure_user(session: AsyncSession, ctx: TenantContext, user_id: str) -> EndUser:
-    """The tenant's user with this id, created if it does not exist yet (implicit creation)."""
-    await repository.insert_user_if_absent(session, ctx, user_id)
-    return await get_user(session, ctx, user_id)
+    """The tenant's user with this id, created if it does not exist yet (implicit creation).
+
+    Reads first: most calls are for existing users, and a read takes no write lock on SQLite.
+    """
+    user = await repository.get_user(session, ctx, user_id)
+    if user is None:
+        await repository.insert_user_if_absent(session, ctx, user_id)
+        user = await get_user(session, ctx, user_id)
+    return user
 
 
 async def upsert_user(session: AsyncSession, ctx: TenantContext, data: UserCreate) -> tuple[UserOut, bool]:

@@ -4,10 +4,10 @@ Revision ID: 0002
 Revises: 0001
 """
 
-from alembic import op
 import sqlalchemy as sa
-import emailmcp.db
+from alembic import op
 
+import emailmcp.db
 
 revision = "0002"
 down_revision = "0001"
