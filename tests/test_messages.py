@@ -2,6 +2,7 @@
 
 import base64
 import email
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -253,3 +254,19 @@ def test_deleting_a_user_erases_their_messages(client):
     message_id = client.post("/v1/users/erase/messages", json={"to": ["a@example.com"]}).json()["id"]
     assert client.delete("/v1/users/erase").status_code == 204
     assert_error(client.get(f"/v1/messages/{message_id}"), 404, "message_not_found")
+
+
+def test_metrics_show_the_queue_and_delivery_outcomes(mail_server, client):
+    message_id = client.post("/v1/users/metered/messages", json={"to": ["a@example.com"]}).json()["id"]
+    client.post(
+        "/v1/users/metered/messages",
+        json={"to": ["a@example.com"], "send_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()},
+    )
+    wait_for_status(client, message_id, "sent")
+    with mail_server.client() as anonymous:
+        text = anonymous.get("/metrics").text
+    sent = re.search(r'^emailmcp_delivery_outcomes_total\{outcome="sent",transport="capture"\} (\d+)', text, re.M)
+    assert sent and float(sent.group(1)) >= 1
+    scheduled = re.search(r'^emailmcp_messages\{status="scheduled"\} (\S+)', text, re.M)
+    assert scheduled and float(scheduled.group(1)) >= 1
+    assert re.search(r"^emailmcp_oldest_due_message_age_seconds \S+", text, re.M)

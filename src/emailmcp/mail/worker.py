@@ -87,13 +87,16 @@ class DeliveryWorker:
         next_housekeeping = 0.0
         try:
             while not stop.is_set():
-                loop_time = asyncio.get_running_loop().time()
-                if loop_time >= next_housekeeping:
-                    await self._housekeeping()
-                    next_housekeeping = loop_time + HOUSEKEEPING_SECONDS
-                claimed = await self._claim()
-                if claimed:
-                    continue
+                try:
+                    loop_time = asyncio.get_running_loop().time()
+                    if loop_time >= next_housekeeping:
+                        await self._housekeeping()
+                        next_housekeeping = loop_time + HOUSEKEEPING_SECONDS
+                    if await self._claim():
+                        continue
+                except Exception:
+                    # The database went away or is busy: keep the worker alive and try again after a pause.
+                    log.exception("worker_loop_failed", retry_seconds=self.settings.worker_poll_seconds)
                 waiter = asyncio.create_task(self.runtime.outbox_signal.wait(self.settings.worker_poll_seconds))
                 stopper = asyncio.create_task(stop.wait())
                 await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
