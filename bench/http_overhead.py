@@ -121,10 +121,12 @@ def main() -> None:
 
         database = "PostgreSQL" if "EMAILMCP_DATABASE_URL" in env else "SQLite"
         print(
-            f"{time.strftime('%Y-%m-%d')}  {platform.machine()}  {os.cpu_count()} cores  Python {platform.python_version()}  {database}"
+            f"{time.strftime('%Y-%m-%d')}  {platform.machine()}  {os.cpu_count()} cores  "
+            f"Python {platform.python_version()}  {database}"
         )
         print(
-            f"concurrency {args.concurrency}, {args.rounds} rounds of {args.seconds:g} s per endpoint, medians over rounds"
+            f"concurrency {args.concurrency}, {args.rounds} rounds of {args.seconds:g} s per endpoint,"
+            " medians over rounds"
         )
         base_rps = statistics.median(r[0] for r in results["baseline"])
         print(f"{'endpoint':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'vs /health':>12}")
