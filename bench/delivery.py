@@ -6,7 +6,8 @@ empty PostgreSQL database) and a local aiosmtpd sink, in a process of its own, t
 A. Delivery. Each round fills the outbox with N sends over HTTP for a user whose SMTP mailbox (security none) is
    the sink, then starts one `emailmcp worker --concurrency C` and waits until the sink has N messages. Baseline,
    in the same round: a plain aiosmtplib loop, in a process of its own, sending N messages with the same bytes and
-   envelope to the same sink at the same concurrency, one connection per message like SmtpTransport. Rates run
+   envelope to the same sink at the same concurrency, one connection per message like SmtpTransport (or, with
+   --reuse-connections, one per sender, for an SmtpTransport that keeps connections open). Rates run
    from the sink's first to its N-th message, so process start-up (shown apart) is left out; CPU columns are the
    sender's and the sink's CPU time over that window per message (Linux /proc).
 B. Enqueue. Accepted sends (POST /v1/users/{id}/messages, 202) per second from a separate load process at a fixed
@@ -17,7 +18,7 @@ Medians over rounds. The load average is printed because the baseline loop is CP
 rate, and so every ratio, moves with whatever else is running.
 
     .venv/bin/python bench/delivery.py [--messages 2000] [--worker-concurrency 8] [--rounds 3]
-        [--seconds 5] [--concurrency 32] [--body-bytes 1024]
+        [--seconds 5] [--concurrency 32] [--body-bytes 1024] [--reuse-connections]
 """
 
 import argparse
@@ -140,7 +141,7 @@ def drain(stats, total: int, sender: subprocess.Popen | multiprocessing.Process,
         count, first_at, last_at, size = stats[COUNT], stats[FIRST_AT], stats[LAST_AT], stats[BYTES]
     if count != total:
         raise RuntimeError(f"the sink received {count:.0f} messages, expected {total}")
-    measured = total - first[0]
+    measured = max(total - first[0], 1)
     return Drain(
         rate=(total - 1) / (last_at - first_at),
         startup=first_at - spawned,
@@ -150,25 +151,28 @@ def drain(stats, total: int, sender: subprocess.Popen | multiprocessing.Process,
     )
 
 
-# -- the baseline: plain aiosmtplib, one connection per message, like SmtpTransport ---------------------------
+# -- the baseline: plain aiosmtplib, one connection per message like SmtpTransport (or one per sender) -----------
 
 
-async def plain_loop(port: int, mime: bytes, total: int, concurrency: int) -> None:
+async def plain_loop(port: int, mime: bytes, total: int, concurrency: int, reuse: bool) -> None:
     remaining = total
 
     async def sender() -> None:
         nonlocal remaining
         while remaining > 0:
-            remaining -= 1
             client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30, use_tls=False, start_tls=False)
             async with client:
-                await client.sendmail(SENDER, [RECIPIENT], mime)
+                while remaining > 0:
+                    remaining -= 1
+                    await client.sendmail(SENDER, [RECIPIENT], mime)
+                    if not reuse:
+                        break
 
     await asyncio.gather(*(sender() for _ in range(concurrency)))
 
 
-def plain_process(port: int, mime: bytes, total: int, concurrency: int) -> None:
-    asyncio.run(plain_loop(port, mime, total, concurrency))
+def plain_process(port: int, mime: bytes, total: int, concurrency: int, reuse: bool) -> None:
+    asyncio.run(plain_loop(port, mime, total, concurrency, reuse))
 
 
 # -- HTTP load, from a process of its own ---------------------------------------------------------------------
@@ -312,7 +316,8 @@ class Bench:
         mime = (self.workdir / "sample.eml").read_bytes()
         reset_sink(self.stats)
         plain = multiprocessing.Process(
-            target=plain_process, args=(self.sink_port, mime, args.messages, args.worker_concurrency)
+            target=plain_process,
+            args=(self.sink_port, mime, args.messages, args.worker_concurrency, args.reuse_connections),
         )
         plain.start()
         try:
@@ -372,11 +377,10 @@ def report(args, database: str, delivery: list[tuple[Drain, Drain]], enqueue: di
     )
     print()
     rounds = f"{args.rounds} round{'s' if args.rounds != 1 else ''}"
-    print(
-        f"A. Delivery: {args.messages} messages of {med(w.size for w, _ in delivery):.0f} bytes from a pre-filled "
-        f"outbox to a local aiosmtpd sink,\n   concurrency {args.worker_concurrency}, one SMTP connection per "
-        f"message; {rounds}, medians; msg/s from the sink's first to its last message"
-    )
+    connections = "baseline: one SMTP connection per sender" if args.reuse_connections else "one connection per message"
+    size = med(w.size for w, _ in delivery)
+    print(f"A. Delivery: {args.messages} messages of {size:.0f} bytes, pre-filled outbox -> local aiosmtpd sink,")
+    print(f"   concurrency {args.worker_concurrency}, {connections}; {rounds}, medians; msg/s first to last message")
     print(f"   {'sender':<24}{'msg/s':>8}{'start-up s':>12}{'CPU ms/msg':>12}{'sink ms/msg':>13}{'vs plain':>10}")
     plain_rate = med(p.rate for _, p in delivery)
     for name, index in (("plain aiosmtplib loop", 1), ("emailmcp worker", 0)):
@@ -422,6 +426,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5, help="per enqueue and /health round")
     parser.add_argument("--concurrency", type=int, default=32, help="HTTP connections, for filling and for B")
     parser.add_argument("--body-bytes", type=int, default=1024, help="size of the text body of every message")
+    parser.add_argument(
+        "--reuse-connections",
+        action="store_true",
+        help="baseline keeps one SMTP connection per sender (for an SmtpTransport that reuses connections)",
+    )
     args = parser.parse_args()
 
     load_avg = os.getloadavg()
