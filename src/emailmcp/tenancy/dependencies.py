@@ -21,7 +21,7 @@ _bearer = HTTPBearer(auto_error=False, description="An EmailMCP API key: `Author
 _CHALLENGE = 'Bearer realm="emailmcp"'
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
