@@ -1,11 +1,11 @@
-"""What a running process holds: settings, database, vault, key pepper, rate limiter.
+"""What a running process holds: settings, database, vault, key verifier, outbox, rate limiter.
 
 Built once by the app's lifespan or by a CLI command, and handed to whatever needs it.
 """
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -13,10 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from emailmcp import db
 from emailmcp.errors import ConfigurationError
+from emailmcp.mail.service import Outbox
 from emailmcp.mail.signal import OutboxSignal
 from emailmcp.settings import Settings
 from emailmcp.tenancy import service as tenancy_service
 from emailmcp.tenancy.rate_limit import RateLimiter
+from emailmcp.tenancy.service import KeyVerifier
 from emailmcp.vault import Vault, derive_key
 
 log = structlog.get_logger(__name__)
@@ -79,20 +81,28 @@ class Runtime:
     vault: Vault
     key_pepper: bytes
     rate_limiter: RateLimiter
-    outbox_signal: OutboxSignal = field(default_factory=OutboxSignal)
+    keys: KeyVerifier
+    outbox: Outbox
+    outbox_signal: OutboxSignal
 
     @classmethod
     def create(cls, settings: Settings) -> "Runtime":
         secret_key = load_secret_key(settings)
         secret_spec = settings.encryption_keys.get_secret_value() if settings.encryption_keys else None
         engine = db.create_engine(settings)
+        sessionmaker = db.create_sessionmaker(engine)
+        key_pepper = derive_key(secret_key, "api-key pepper")
+        outbox_signal = OutboxSignal()
         return cls(
             settings=settings,
             engine=engine,
-            sessionmaker=db.create_sessionmaker(engine),
+            sessionmaker=sessionmaker,
             vault=Vault.from_settings(secret_key, secret_spec),
-            key_pepper=derive_key(secret_key, "api-key pepper"),
+            key_pepper=key_pepper,
             rate_limiter=RateLimiter(settings.rate_limit, settings.redis_url),
+            keys=KeyVerifier(sessionmaker, key_pepper),
+            outbox=Outbox(sessionmaker, settings, outbox_signal),
+            outbox_signal=outbox_signal,
         )
 
     async def migrate(self) -> None:
@@ -109,4 +119,7 @@ class Runtime:
         return key
 
     async def close(self) -> None:
+        """Answers what is still being accepted, then closes the database."""
+        await self.outbox.close()
+        await self.keys.close()
         await self.engine.dispose()

@@ -31,13 +31,11 @@ IdempotencyKey = Annotated[
 
 
 async def _send(
-    runtime, session, ctx, user_id: str, content: MessageContent, idempotency_key: str | None, response: Response
+    runtime, ctx, user_id: str, content: MessageContent, idempotency_key: str | None, response: Response
 ) -> MessageOut:
-    result = await service.enqueue(session, ctx, runtime.settings, user_id, content, EntryPoint.rest, idempotency_key)
+    result = await runtime.outbox.enqueue(ctx, user_id, content, EntryPoint.rest, idempotency_key)
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    else:
-        runtime.outbox_signal.notify()
     return result.message
 
 
@@ -46,27 +44,25 @@ async def send_for_user(
     user_id: UserIdPath,
     body: MessageContent,
     ctx: MailContext,
-    session: Session,
     runtime: CurrentRuntime,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> MessageOut:
     """Queues a message from the user's mailbox. 202 once it is committed; delivery follows."""
-    return await _send(runtime, session, ctx, user_id, body, idempotency_key, response)
+    return await _send(runtime, ctx, user_id, body, idempotency_key, response)
 
 
 @router.post("/v1/messages", response_model=MessageOut, status_code=status.HTTP_202_ACCEPTED)
 async def send(
     body: SendRequest,
     ctx: MailContext,
-    session: Session,
     runtime: CurrentRuntime,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> MessageOut:
     """The same as POST /v1/users/{user_id}/messages, with `user_id` in the body."""
     content = MessageContent.model_validate(body.model_dump(exclude={"user_id"}))
-    return await _send(runtime, session, ctx, body.user_id, content, idempotency_key, response)
+    return await _send(runtime, ctx, body.user_id, content, idempotency_key, response)
 
 
 @router.get("/v1/messages", response_model=MessagePage)

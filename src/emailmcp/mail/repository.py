@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -13,10 +13,9 @@ from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.users.models import EndUser, Mailbox
 
 
-async def add(session: AsyncSession, message: Message) -> None:
-    """Inserts the outbox row; on PostgreSQL also NOTIFYs listening workers, delivered at commit."""
-    session.add(message)
-    await session.flush()
+async def insert_many(session: AsyncSession, rows: list[dict]) -> None:
+    """Inserts outbox rows in one statement; on PostgreSQL also NOTIFYs listening workers, delivered at commit."""
+    await session.execute(insert(Message.__table__), rows)
     if session.bind.dialect.name == "postgresql":
         await session.execute(text(f"NOTIFY {CHANNEL}"))
 
@@ -30,10 +29,11 @@ async def get(
     return await session.scalar(query)
 
 
-async def get_by_idempotency_key(session: AsyncSession, ctx: TenantContext, key: str) -> Message | None:
-    return await session.scalar(
-        select(Message).where(Message.tenant_id == ctx.tenant_id, Message.idempotency_key == key)
+async def find_by_idempotency_keys(session: AsyncSession, ctx: TenantContext, keys: list[str]) -> dict[str, Message]:
+    rows = await session.scalars(
+        select(Message).where(Message.tenant_id == ctx.tenant_id, Message.idempotency_key.in_(keys))
     )
+    return {row.idempotency_key: row for row in rows}
 
 
 async def user_ids(session: AsyncSession, ctx: TenantContext, user_pks: set[int]) -> dict[int, str]:
@@ -60,23 +60,6 @@ async def list_messages(
     if before_id:
         query = query.where(Message.id < before_id)
     return list(await session.scalars(query.order_by(Message.id.desc()).limit(limit)))
-
-
-async def count_since(
-    session: AsyncSession, ctx: TenantContext, user_pk: int, since: datetime
-) -> tuple[int, datetime | None]:
-    """How many non-cancelled messages the user queued since `since`, and the oldest one's time."""
-    row = (
-        await session.execute(
-            select(func.count(), func.min(Message.created_at)).where(
-                Message.tenant_id == ctx.tenant_id,
-                Message.user_pk == user_pk,
-                Message.created_at >= since,
-                Message.status != MessageStatus.cancelled,
-            )
-        )
-    ).one()
-    return row[0], row[1]
 
 
 async def cancel(session: AsyncSession, ctx: TenantContext, message_id: str, now: datetime) -> bool:

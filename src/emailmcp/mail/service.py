@@ -1,6 +1,6 @@
-"""Accepting sends: validation beyond the schema, outbound policy, idempotency, the outbox row.
+"""Accepting sends (validation beyond the schema, outbound policy, idempotency, the outbox row) and reading them.
 
-Every entry point (REST, LLM actions, MCP, dashboard) enqueues through `enqueue`, so they share
+Every entry point (REST, LLM actions, MCP, dashboard) enqueues through `Outbox.enqueue`, so they share
 one set of rules. Nothing is written when a rule refuses.
 """
 
@@ -13,9 +13,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import structlog
+from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from emailmcp.batching import Batcher, Pending
 from emailmcp.db import utcnow
 from emailmcp.errors import APIError, InvalidField, NotFound
 from emailmcp.mail import repository
@@ -32,14 +35,16 @@ from emailmcp.mail.schemas import (
     MessageStatus,
     StatusFilter,
 )
+from emailmcp.mail.signal import OutboxSignal
 from emailmcp.settings import Settings
-from emailmcp.tenancy import repository as tenancy_repository
 from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.users import service as users
-from emailmcp.users.models import EndUser, Mailbox
 from emailmcp.users.schemas import MailboxStatus
 
+log = structlog.get_logger(__name__)
+
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
+_OUT_FIELDS = [field for field in MessageOut.model_fields if field != "user_id"]
 MAX_PAGE = 200
 
 
@@ -98,122 +103,207 @@ def _check_recipients(content: MessageContent, allow: list[str] | None, deny: li
                 )
 
 
-async def _check_daily_cap(session: AsyncSession, ctx: TenantContext, user: EndUser, cap: int, now: datetime) -> None:
-    count, oldest = await repository.count_since(session, ctx, user.id, now - timedelta(days=1))
-    if count >= cap:
-        reset = (oldest or now) + timedelta(days=1)
-        retry_after = max(1, int((reset - now).total_seconds()))
-        raise APIError(
-            429,
-            "daily_send_cap",
-            f"User {user.user_id!r} reached the cap of {cap} messages in 24 hours;"
-            f" more can be sent from {reset.isoformat()}.",
-            [{"field": "user_id", "message": f"resets at {reset.isoformat()}"}],
-            headers={"Retry-After": str(retry_after)},
-        )
+def _daily_cap_refusal(user_id: str, cap: int, oldest: datetime | None, now: datetime) -> APIError:
+    reset = (oldest or now) + timedelta(days=1)
+    return APIError(
+        429,
+        "daily_send_cap",
+        f"User {user_id!r} reached the cap of {cap} messages in 24 hours; more can be sent from {reset.isoformat()}.",
+        [{"field": "user_id", "message": f"resets at {reset.isoformat()}"}],
+        headers={"Retry-After": str(max(1, int((reset - now).total_seconds())))},
+    )
 
 
-def _route(mailbox: Mailbox | None, user: EndUser, settings: Settings) -> tuple[str, bool, str]:
+def _route(sender: Row, settings: Settings) -> tuple[str, bool, str]:
     """The transport, whether it is the user's own mailbox, and the From address; refuses rather than falling back."""
-    if mailbox is not None:
-        if mailbox.status == MailboxStatus.needs_reauth:
-            raise APIError(409, "mailbox_needs_reauth", f"User {user.user_id!r} must reconnect their mailbox.")
-        if mailbox.status != MailboxStatus.connected:
-            raise APIError(409, "mailbox_not_connected", f"User {user.user_id!r} has no connected mailbox.")
-        return mailbox.type, True, mailbox.from_address
+    if sender.mailbox_type is not None:
+        if sender.mailbox_status == MailboxStatus.needs_reauth:
+            raise APIError(409, "mailbox_needs_reauth", f"User {sender.user_id!r} must reconnect their mailbox.")
+        if sender.mailbox_status != MailboxStatus.connected:
+            raise APIError(409, "mailbox_not_connected", f"User {sender.user_id!r} has no connected mailbox.")
+        return sender.mailbox_type, True, sender.mailbox_from_address
     if settings.default_transport == "none":
-        raise APIError(409, "mailbox_not_connected", f"User {user.user_id!r} has no connected mailbox.")
-    from_address = settings.smtp_from if settings.default_transport == "smtp" else user.email or settings.smtp_from
+        raise APIError(409, "mailbox_not_connected", f"User {sender.user_id!r} has no connected mailbox.")
+    from_address = settings.smtp_from if settings.default_transport == "smtp" else sender.email or settings.smtp_from
     return settings.default_transport, False, from_address
 
 
-async def enqueue(
-    session: AsyncSession,
-    ctx: TenantContext,
-    settings: Settings,
-    user_id: str,
-    content: MessageContent,
-    entry_point: EntryPoint,
-    idempotency_key: str | None = None,
-) -> Enqueued:
-    """Validates, applies policy and commits one outbox row; replays the original for a repeated key."""
-    fingerprint = request_fingerprint(user_id, content) if idempotency_key else None
-    if idempotency_key:
-        existing = await repository.get_by_idempotency_key(session, ctx, idempotency_key)
-        if existing is not None:
-            return await _replay(session, ctx, existing, fingerprint)
-    now = utcnow()
-    if content.send_at is not None:
-        if content.send_at <= now:
-            raise InvalidField("send_at", "must be in the future")
-        if content.send_at > now + MAX_SCHEDULE_AHEAD:
-            raise InvalidField("send_at", "must be at most 30 days ahead")
-    attachments, size = _decode_attachments(content, settings)
-    tenant_settings = await tenancy_repository.get_settings(session, ctx.tenant_id)
-    _check_recipients(
-        content,
-        tenant_settings.recipient_domain_allowlist,
-        tenant_settings.recipient_domain_denylist,
-        settings.max_recipients,
-    )
-    user = await users.ensure_user(session, ctx, user_id)
-    await _check_daily_cap(session, ctx, user, settings.daily_send_cap, now)
-    transport, via_mailbox, from_address = _route(user.mailbox, user, settings)
-    message = Message(
-        id=new_id(),
-        tenant_id=ctx.tenant_id,
-        user_pk=user.id,
-        status=MessageStatus.scheduled if content.send_at else MessageStatus.queued,
-        transport=transport,
-        via_mailbox=via_mailbox,
-        message_id=new_message_id(from_address.rsplit("@", 1)[-1]),
-        from_address=from_address,
-        from_name=user.display_name,
-        to=[str(a) for a in content.to],
-        cc=[str(a) for a in content.cc],
-        bcc=[str(a) for a in content.bcc],
-        reply_to=[str(a) for a in content.reply_to],
-        subject=content.subject,
-        body_type=content.body_type,
-        body=content.body,
-        text_body=content.text_body,
-        in_reply_to=content.in_reply_to,
-        references=list(content.references),
-        attachments=attachments or None,
-        size_bytes=size,
-        send_at=content.send_at,
-        next_attempt_at=content.send_at or now,
-        attempts=0,
-        api_key_id=ctx.key_id,
-        entry_point=entry_point,
-        idempotency_key=idempotency_key,
-        request_hash=fingerprint,
-        created_at=now,
-        updated_at=now,
-    )
-    try:
-        await repository.add(session, message)
-        await session.commit()
-    except IntegrityError:
-        # A concurrent request with the same idempotency key won the race.
-        await session.rollback()
-        existing = await repository.get_by_idempotency_key(session, ctx, idempotency_key) if idempotency_key else None
-        if existing is None:
-            raise
-        return await _replay(session, ctx, existing, fingerprint)
-    return Enqueued(message_out(message, user.user_id), replayed=False)
+@dataclass(frozen=True)
+class _Send:
+    """A send that passed every check needing no database, waiting for its batch."""
+
+    ctx: TenantContext
+    user_id: str
+    content: MessageContent
+    entry_point: EntryPoint
+    idempotency_key: str | None
+    fingerprint: str | None
+    attachments: list[dict]
+    size: int
 
 
-async def _replay(session: AsyncSession, ctx: TenantContext, existing: Message, fingerprint: str | None) -> Enqueued:
-    if existing.request_hash != fingerprint:
-        raise APIError(
+class Outbox:
+    """Accepts sends into the outbox. The one way in for every entry point, so they share one set of rules.
+
+    Checks that need no database run in the caller's request. The rest (idempotency, the user and their
+    mailbox, the daily cap) and the insert run for all sends that arrived together in one transaction, so a
+    burst of sends costs a few statements and one commit instead of several each. Each caller still gets its
+    own answer only after its row is committed, and a refusal writes nothing for that send.
+    """
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, signal: OutboxSignal):
+        self._sessionmaker = sessionmaker
+        self._settings = settings
+        self._signal = signal
+        self._batches: Batcher[_Send] = Batcher(self._write)
+
+    async def enqueue(
+        self,
+        ctx: TenantContext,
+        user_id: str,
+        content: MessageContent,
+        entry_point: EntryPoint,
+        idempotency_key: str | None = None,
+    ) -> Enqueued:
+        """Validates, applies policy and commits one outbox row; replays the original for a repeated key."""
+        settings = self._settings
+        now = utcnow()
+        if content.send_at is not None:
+            if content.send_at <= now:
+                raise InvalidField("send_at", "must be in the future")
+            if content.send_at > now + MAX_SCHEDULE_AHEAD:
+                raise InvalidField("send_at", "must be at most 30 days ahead")
+        attachments, size = _decode_attachments(content, settings)
+        policy = ctx.settings
+        _check_recipients(
+            content, policy.recipient_domain_allowlist, policy.recipient_domain_denylist, settings.max_recipients
+        )
+        fingerprint = request_fingerprint(user_id, content) if idempotency_key else None
+        send = _Send(ctx, user_id, content, entry_point, idempotency_key, fingerprint, attachments, size)
+        return await self._batches.submit(send)
+
+    async def close(self) -> None:
+        await self._batches.close()
+
+    async def _write(self, batch: list[Pending[_Send]]) -> None:
+        try:
+            await self._write_together(batch)
+        except IntegrityError:
+            # A send in another process took one of these idempotency keys first. Each send on its own
+            # then finds the winner's row and replays it.
+            log.info("outbox_batch_split", sends=len(batch), reason="idempotency key taken concurrently")
+            for pending in batch:
+                try:
+                    await self._write_together([pending])
+                except Exception as exc:
+                    pending.fail(exc)
+
+    async def _write_together(self, batch: list[Pending[_Send]]) -> None:
+        settings, now = self._settings, utcnow()
+        answers: list[tuple[Pending[_Send], Enqueued | APIError]] = []
+        rows: list[dict] = []
+        by_tenant: dict[int, list[Pending[_Send]]] = {}
+        for pending in batch:
+            by_tenant.setdefault(pending.item.ctx.tenant_id, []).append(pending)
+        async with self._sessionmaker() as session:
+            for group in by_tenant.values():
+                ctx = group[0].item.ctx
+                originals = await _originals(session, ctx, [p.item.idempotency_key for p in group])
+                fresh_users = {p.item.user_id for p in group if p.item.idempotency_key not in originals}
+                senders = await users.ensure_senders(session, ctx, list(fresh_users), now - timedelta(days=1))
+                counts = {sender.id: (sender.recent_count, sender.recent_oldest) for sender in senders.values()}
+                for pending in group:
+                    send = pending.item
+                    original = originals.get(send.idempotency_key)
+                    if original is not None:
+                        answers.append((pending, _replay(send, *original)))
+                        continue
+                    sender = senders[send.user_id]
+                    count, oldest = counts[sender.id]
+                    try:
+                        if count >= settings.daily_send_cap:
+                            raise _daily_cap_refusal(send.user_id, settings.daily_send_cap, oldest, now)
+                        row = _outbox_row(send, sender, settings, now)
+                    except APIError as refusal:
+                        answers.append((pending, refusal))
+                        continue
+                    counts[sender.id] = (count + 1, oldest or now)
+                    rows.append(row)
+                    accepted = MessageOut(**{field: row.get(field) for field in _OUT_FIELDS}, user_id=send.user_id)
+                    if send.idempotency_key:
+                        originals[send.idempotency_key] = (send.fingerprint, accepted)
+                    answers.append((pending, Enqueued(accepted, replayed=False)))
+            if rows:
+                await repository.insert_many(session, rows)
+                await session.commit()
+        if rows:
+            self._signal.notify()
+        for pending, answer in answers:
+            if isinstance(answer, APIError):
+                pending.fail(answer)
+            else:
+                pending.resolve(answer)
+
+
+async def _originals(
+    session: AsyncSession, ctx: TenantContext, keys: list[str | None]
+) -> dict[str, tuple[str | None, MessageOut]]:
+    """The messages already stored under these idempotency keys, with the fingerprint of their request."""
+    wanted = [key for key in keys if key]
+    if not wanted:
+        return {}
+    found = await repository.find_by_idempotency_keys(session, ctx, wanted)
+    names = await repository.user_ids(session, ctx, {message.user_pk for message in found.values()}) if found else {}
+    return {key: (message.request_hash, message_out(message, names[message.user_pk])) for key, message in found.items()}
+
+
+def _replay(send: _Send, fingerprint: str | None, original: MessageOut) -> Enqueued | APIError:
+    if fingerprint != send.fingerprint:
+        return APIError(
             409,
             "idempotency_key_reused",
             "This Idempotency-Key was already used with a different request.",
             [{"field": "Idempotency-Key", "message": "reused with a different body"}],
         )
-    names = await repository.user_ids(session, ctx, {existing.user_pk})
-    return Enqueued(message_out(existing, names[existing.user_pk]), replayed=True)
+    return Enqueued(original, replayed=True)
+
+
+def _outbox_row(send: _Send, sender: Row, settings: Settings, now: datetime) -> dict:
+    """The outbox row for an accepted send; refuses (409) when the user's mailbox cannot send."""
+    transport, via_mailbox, from_address = _route(sender, settings)
+    content = send.content
+    return {
+        "id": new_id(),
+        "tenant_id": send.ctx.tenant_id,
+        "user_pk": sender.id,
+        "status": MessageStatus.scheduled if content.send_at else MessageStatus.queued,
+        "transport": transport,
+        "via_mailbox": via_mailbox,
+        "message_id": new_message_id(from_address.rsplit("@", 1)[-1]),
+        "from_address": from_address,
+        "from_name": sender.display_name,
+        "to": [str(a) for a in content.to],
+        "cc": [str(a) for a in content.cc],
+        "bcc": [str(a) for a in content.bcc],
+        "reply_to": [str(a) for a in content.reply_to],
+        "subject": content.subject,
+        "body_type": content.body_type,
+        "body": content.body,
+        "text_body": content.text_body,
+        "in_reply_to": content.in_reply_to,
+        "references": list(content.references),
+        "attachments": send.attachments or None,
+        "size_bytes": send.size,
+        "send_at": content.send_at,
+        "next_attempt_at": content.send_at or now,
+        "attempts": 0,
+        "api_key_id": send.ctx.key_id,
+        "entry_point": send.entry_point,
+        "idempotency_key": send.idempotency_key,
+        "request_hash": send.fingerprint,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def message_out(message: Message, user_id: str) -> MessageOut:

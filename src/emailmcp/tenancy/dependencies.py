@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from emailmcp.errors import APIError
 from emailmcp.runtime import Runtime
-from emailmcp.tenancy import service
 from emailmcp.tenancy.schemas import Scope, TenantContext
 
 _bearer = HTTPBearer(auto_error=False, description="An EmailMCP API key: `Authorization: Bearer emk_...`")
@@ -37,26 +36,20 @@ Session = Annotated[AsyncSession, Depends(get_session)]
 
 
 async def resolve_key(
-    plaintext: str | None,
-    scope: Scope,
-    runtime: Runtime,
-    session: AsyncSession,
-    response: Response,
-    challenge: str | None,
+    plaintext: str | None, scope: Scope, runtime: Runtime, response: Response, challenge: str | None
 ) -> TenantContext:
     """Authenticates a key for one scope: 401 when missing or bad, 403 without the scope, 429 over its limit."""
     headers = {"WWW-Authenticate": challenge} if challenge else None
     if not plaintext:
         raise APIError(401, "unauthorized", "An API key is required.", headers=headers)
-    found = await service.authenticate(session, runtime.key_pepper, plaintext.strip())
-    if found is None:
+    context = await runtime.keys.verify(plaintext.strip())
+    if context is None:
         if challenge:
             headers = {"WWW-Authenticate": f'{challenge}, error="invalid_token"'}
         raise APIError(401, "invalid_api_key", "The API key is unknown or revoked.", headers=headers)
-    context, rate_limit = found
     if scope not in context.scopes:
         raise APIError(403, "insufficient_scope", f"This API key lacks the '{scope.value}' scope.")
-    state = await runtime.rate_limiter.hit(f"key:{context.key_id}", rate_limit)
+    state = await runtime.rate_limiter.hit(f"key:{context.key_id}", context.settings.rate_limit)
     if state is not None:
         if not state.allowed:
             raise APIError(
@@ -73,12 +66,9 @@ def bearer_scope(scope: Scope):
     async def dependency(
         response: Response,
         runtime: CurrentRuntime,
-        session: Session,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> TenantContext:
-        return await resolve_key(
-            credentials.credentials if credentials else None, scope, runtime, session, response, _CHALLENGE
-        )
+        return await resolve_key(credentials.credentials if credentials else None, scope, runtime, response, _CHALLENGE)
 
     return dependency
 

@@ -1,5 +1,5 @@
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -13,16 +13,6 @@ class Scope(StrEnum):
     mail = "mail"
     llm = "llm"
     admin = "admin"
-
-
-@dataclass(frozen=True)
-class TenantContext:
-    """Who is calling: the tenant every query is scoped to, and the key that proved it."""
-
-    tenant_id: int
-    tenant_name: str
-    key_id: str
-    scopes: frozenset[Scope]
 
 
 class TenantSettingsValues(BaseModel):
@@ -61,6 +51,18 @@ class TenantSettingsValues(BaseModel):
         except ValueError as exc:
             raise ValueError("expected a limit such as '6000/minute' or '100/second;5000/hour', or 0 for none") from exc
         return value
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    """Who is calling: the tenant every query is scoped to, the key that proved it, and the tenant's settings
+    as read with the key."""
+
+    tenant_id: int
+    tenant_name: str
+    key_id: str
+    scopes: frozenset[Scope]
+    settings: TenantSettingsValues = field(default_factory=TenantSettingsValues)
 
 
 class ApiKeyInfo(BaseModel):

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from emailmcp.batching import Batcher, Pending
 from emailmcp.db import utcnow
 from emailmcp.tenancy import repository
 from emailmcp.tenancy.models import ApiKey, Tenant
@@ -87,27 +88,52 @@ async def bootstrap(session: AsyncSession, pepper: bytes) -> str | None:
     return plaintext
 
 
-async def authenticate(session: AsyncSession, pepper: bytes, plaintext: str) -> tuple[TenantContext, str | None] | None:
-    """The caller's tenant context and its tenant's rate-limit override, or None for a bad key."""
-    match = _KEY_SHAPE.match(plaintext)
-    if match is None:
-        return None
-    found = await repository.get_key_for_auth(session, match.group(1))
-    if found is None:
-        # Spend the same time as a real comparison so unknown ids are not told apart.
-        hmac.compare_digest(hash_key(pepper, plaintext), "0" * 64)
-        return None
-    key, tenant_name, rate_limit = found
-    if not hmac.compare_digest(hash_key(pepper, plaintext), key.secret_hash) or key.revoked_at is not None:
-        return None
-    now = utcnow()
-    if key.last_used_at is None or now - key.last_used_at > _TOUCH_INTERVAL:
-        await repository.touch_key(session, key.id, now)
-        await session.commit()
-    context = TenantContext(
-        tenant_id=key.tenant_id, tenant_name=tenant_name, key_id=key.id, scopes=frozenset(Scope(s) for s in key.scopes)
-    )
-    return context, rate_limit
+class KeyVerifier:
+    """Verifies API keys against the database on every request, never from a cache, so a revoked key stops
+    working at once in every process. Concurrent requests share one lookup query (see `emailmcp.batching`)."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], pepper: bytes) -> None:
+        self._sessionmaker = sessionmaker
+        self._pepper = pepper
+        self._lookups: Batcher[str] = Batcher(self._lookup)
+
+    async def verify(self, plaintext: str) -> TenantContext | None:
+        """The caller's tenant context (with its tenant's settings), or None for a malformed, unknown or revoked key."""
+        match = _KEY_SHAPE.match(plaintext)
+        if match is None:
+            return None
+        row = await self._lookups.submit(match.group(1))
+        # For an unknown id, spend the same time as a real comparison so unknown ids are not told apart.
+        valid = hmac.compare_digest(hash_key(self._pepper, plaintext), row.secret_hash if row else "0" * 64)
+        if row is None or not valid or row.revoked_at is not None:
+            return None
+        return TenantContext(
+            tenant_id=row.tenant_id,
+            tenant_name=row.tenant_name,
+            key_id=row.id,
+            scopes=frozenset(Scope(s) for s in row.scopes),
+            settings=TenantSettingsValues.model_construct(
+                rate_limit=row.rate_limit,
+                recipient_domain_allowlist=row.recipient_domain_allowlist,
+                recipient_domain_denylist=row.recipient_domain_denylist,
+            ),
+        )
+
+    async def _lookup(self, batch: list[Pending[str]]) -> None:
+        async with self._sessionmaker() as session:
+            rows = await repository.get_keys_for_auth(session, {pending.item for pending in batch})
+            now = utcnow()
+            stale = [
+                row.id for row in rows.values() if row.last_used_at is None or now - row.last_used_at > _TOUCH_INTERVAL
+            ]
+            if stale:
+                await repository.touch_keys(session, stale, now)
+                await session.commit()
+        for pending in batch:
+            pending.resolve(rows.get(pending.item))
+
+    async def close(self) -> None:
+        await self._lookups.close()
 
 
 def _key_info(key: ApiKey, tenant_name: str) -> ApiKeyInfo:

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Row, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
@@ -32,6 +32,52 @@ async def insert_user_if_absent(session: AsyncSession, ctx: TenantContext, user_
         .returning(EndUser.id)
     )
     return (await session.execute(statement)).scalar() is not None
+
+
+async def insert_users_if_absent(session: AsyncSession, ctx: TenantContext, user_ids: list[str]) -> None:
+    """Creates those of the tenant's users that do not exist yet, in one statement. Safe under races."""
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    now = utcnow()
+    await session.execute(
+        dialect.insert(EndUser).on_conflict_do_nothing(index_elements=["tenant_id", "user_id"]),
+        [dict(tenant_id=ctx.tenant_id, user_id=user_id, created_at=now, updated_at=now) for user_id in user_ids],
+    )
+
+
+async def get_senders(
+    session: AsyncSession, ctx: TenantContext, user_ids: list[str], since: datetime
+) -> dict[str, Row]:
+    """What a send needs of each user, by user_id, in one query (columns, not ORM objects): the user, their
+    mailbox, and how many non-cancelled messages they queued since `since` with the oldest one's time."""
+
+    def recent(aggregate):
+        return (
+            select(aggregate)
+            .where(
+                Message.tenant_id == ctx.tenant_id,
+                Message.user_pk == EndUser.id,
+                Message.created_at >= since,
+                Message.status != "cancelled",
+            )
+            .scalar_subquery()
+        )
+
+    rows = await session.execute(
+        select(
+            EndUser.id,
+            EndUser.user_id,
+            EndUser.email,
+            EndUser.display_name,
+            Mailbox.type.label("mailbox_type"),
+            Mailbox.status.label("mailbox_status"),
+            Mailbox.from_address.label("mailbox_from_address"),
+            recent(func.count()).label("recent_count"),
+            recent(func.min(Message.created_at)).label("recent_oldest"),
+        )
+        .outerjoin(Mailbox, Mailbox.user_pk == EndUser.id)
+        .where(EndUser.tenant_id == ctx.tenant_id, EndUser.user_id.in_(user_ids))
+    )
+    return {row.user_id: row for row in rows}
 
 
 async def list_users(session: AsyncSession, ctx: TenantContext, after_pk: int, limit: int) -> list[EndUser]:

@@ -2,7 +2,9 @@
 
 import base64
 import binascii
+from datetime import datetime
 
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emailmcp.db import utcnow
@@ -75,6 +77,18 @@ async def ensure_user(session: AsyncSession, ctx: TenantContext, user_id: str) -
         await repository.insert_user_if_absent(session, ctx, user_id)
         user = await get_user(session, ctx, user_id)
     return user
+
+
+async def ensure_senders(
+    session: AsyncSession, ctx: TenantContext, user_ids: list[str], since: datetime
+) -> dict[str, Row]:
+    """`ensure_user` for many users at once, as the rows a send needs (see `repository.get_senders`)."""
+    senders = await repository.get_senders(session, ctx, user_ids, since)
+    missing = [user_id for user_id in user_ids if user_id not in senders]
+    if missing:
+        await repository.insert_users_if_absent(session, ctx, missing)
+        senders |= await repository.get_senders(session, ctx, missing, since)
+    return senders
 
 
 async def upsert_user(session: AsyncSession, ctx: TenantContext, data: UserCreate) -> tuple[UserOut, bool]:
