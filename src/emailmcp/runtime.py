@@ -100,8 +100,8 @@ class Runtime:
             vault=Vault.from_settings(secret_key, secret_spec),
             key_pepper=key_pepper,
             rate_limiter=RateLimiter(settings.rate_limit, settings.redis_url),
-            keys=KeyVerifier(sessionmaker, key_pepper),
-            outbox=Outbox(sessionmaker, settings, outbox_signal),
+            keys=KeyVerifier(engine, key_pepper),
+            outbox=Outbox(engine, settings, outbox_signal),
             outbox_signal=outbox_signal,
         )
 

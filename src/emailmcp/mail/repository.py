@@ -2,8 +2,8 @@
 
 from datetime import datetime
 
-from sqlalchemy import and_, func, insert, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, and_, func, insert, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import selectinload
 
 from emailmcp.mail.models import DeliveryAttempt, Message
@@ -12,12 +12,15 @@ from emailmcp.mail.signal import CHANNEL
 from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.users.models import EndUser, Mailbox
 
+_INSERT_MESSAGES = insert(Message.__table__)
+_NOTIFY_WORKERS = text(f"NOTIFY {CHANNEL}")
 
-async def insert_many(session: AsyncSession, rows: list[dict]) -> None:
+
+async def insert_many(connection: AsyncConnection, rows: list[dict]) -> None:
     """Inserts outbox rows in one statement; on PostgreSQL also NOTIFYs listening workers, delivered at commit."""
-    await session.execute(insert(Message.__table__), rows)
-    if session.bind.dialect.name == "postgresql":
-        await session.execute(text(f"NOTIFY {CHANNEL}"))
+    await connection.execute(_INSERT_MESSAGES, rows)
+    if connection.dialect.name == "postgresql":
+        await connection.execute(_NOTIFY_WORKERS)
 
 
 async def get(
@@ -29,14 +32,15 @@ async def get(
     return await session.scalar(query)
 
 
-async def find_by_idempotency_keys(session: AsyncSession, ctx: TenantContext, keys: list[str]) -> dict[str, Message]:
-    rows = await session.scalars(
-        select(Message).where(Message.tenant_id == ctx.tenant_id, Message.idempotency_key.in_(keys))
+async def find_by_idempotency_keys(connection: AsyncConnection, ctx: TenantContext, keys: list[str]) -> dict[str, Row]:
+    """The tenant's messages stored under these keys, as rows of the messages table."""
+    rows = await connection.execute(
+        select(Message.__table__).where(Message.tenant_id == ctx.tenant_id, Message.idempotency_key.in_(keys))
     )
     return {row.idempotency_key: row for row in rows}
 
 
-async def user_ids(session: AsyncSession, ctx: TenantContext, user_pks: set[int]) -> dict[int, str]:
+async def user_ids(session: AsyncSession | AsyncConnection, ctx: TenantContext, user_pks: set[int]) -> dict[int, str]:
     rows = await session.execute(
         select(EndUser.id, EndUser.user_id).where(EndUser.tenant_id == ctx.tenant_id, EndUser.id.in_(user_pks))
     )

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from emailmcp.batching import Batcher, Pending
 from emailmcp.db import utcnow
@@ -151,8 +151,8 @@ class Outbox:
     own answer only after its row is committed, and a refusal writes nothing for that send.
     """
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, signal: OutboxSignal):
-        self._sessionmaker = sessionmaker
+    def __init__(self, engine: AsyncEngine, settings: Settings, signal: OutboxSignal):
+        self._engine = engine
         self._settings = settings
         self._signal = signal
         self._batches: Batcher[_Send] = Batcher(self._write)
@@ -205,12 +205,12 @@ class Outbox:
         by_tenant: dict[int, list[Pending[_Send]]] = {}
         for pending in batch:
             by_tenant.setdefault(pending.item.ctx.tenant_id, []).append(pending)
-        async with self._sessionmaker() as session:
+        async with self._engine.connect() as connection:
             for group in by_tenant.values():
                 ctx = group[0].item.ctx
-                originals = await _originals(session, ctx, [p.item.idempotency_key for p in group])
+                originals = await _originals(connection, ctx, [p.item.idempotency_key for p in group])
                 fresh_users = {p.item.user_id for p in group if p.item.idempotency_key not in originals}
-                senders = await users.ensure_senders(session, ctx, list(fresh_users), now - timedelta(days=1))
+                senders = await users.ensure_senders(connection, ctx, list(fresh_users), now - timedelta(days=1))
                 counts = {sender.id: (sender.recent_count, sender.recent_oldest) for sender in senders.values()}
                 for pending in group:
                     send = pending.item
@@ -234,8 +234,8 @@ class Outbox:
                         originals[send.idempotency_key] = (send.fingerprint, accepted)
                     answers.append((pending, Enqueued(accepted, replayed=False)))
             if rows:
-                await repository.insert_many(session, rows)
-                await session.commit()
+                await repository.insert_many(connection, rows)
+            await connection.commit()
         if rows:
             self._signal.notify()
         for pending, answer in answers:
@@ -246,14 +246,14 @@ class Outbox:
 
 
 async def _originals(
-    session: AsyncSession, ctx: TenantContext, keys: list[str | None]
+    connection: AsyncConnection, ctx: TenantContext, keys: list[str | None]
 ) -> dict[str, tuple[str | None, MessageOut]]:
     """The messages already stored under these idempotency keys, with the fingerprint of their request."""
     wanted = [key for key in keys if key]
     if not wanted:
         return {}
-    found = await repository.find_by_idempotency_keys(session, ctx, wanted)
-    names = await repository.user_ids(session, ctx, {message.user_pk for message in found.values()}) if found else {}
+    found = await repository.find_by_idempotency_keys(connection, ctx, wanted)
+    names = await repository.user_ids(connection, ctx, {row.user_pk for row in found.values()}) if found else {}
     return {key: (message.request_hash, message_out(message, names[message.user_pk])) for key, message in found.items()}
 
 
@@ -306,7 +306,7 @@ def _outbox_row(send: _Send, sender: Row, settings: Settings, now: datetime) -> 
     }
 
 
-def message_out(message: Message, user_id: str) -> MessageOut:
+def message_out(message: Message | Row, user_id: str) -> MessageOut:
     return MessageOut(
         id=message.id,
         user_id=user_id,

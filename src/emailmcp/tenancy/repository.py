@@ -1,8 +1,8 @@
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Row, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, bindparam, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from emailmcp.tenancy.models import ApiKey, Tenant, TenantSettings
 
@@ -53,25 +53,32 @@ async def add_key(session: AsyncSession, key: ApiKey) -> None:
     await session.flush()
 
 
-async def get_keys_for_auth(session: AsyncSession, key_ids: Iterable[str]) -> dict[str, Row]:
-    """Each key with its tenant's name and settings, in one query (columns, not ORM objects: this runs per request)."""
-    rows = await session.execute(
-        select(
-            ApiKey.id,
-            ApiKey.tenant_id,
-            ApiKey.secret_hash,
-            ApiKey.scopes,
-            ApiKey.last_used_at,
-            ApiKey.revoked_at,
-            Tenant.name.label("tenant_name"),
-            TenantSettings.rate_limit,
-            TenantSettings.recipient_domain_allowlist,
-            TenantSettings.recipient_domain_denylist,
-        )
-        .join(Tenant, Tenant.id == ApiKey.tenant_id)
-        .outerjoin(TenantSettings, TenantSettings.tenant_id == ApiKey.tenant_id)
-        .where(ApiKey.id.in_(list(key_ids)))
+# Built once: constructing a statement costs more than running it, and this one runs for every request.
+_KEYS_FOR_AUTH = (
+    select(
+        ApiKey.id,
+        ApiKey.tenant_id,
+        ApiKey.secret_hash,
+        ApiKey.scopes,
+        ApiKey.last_used_at,
+        ApiKey.revoked_at,
+        Tenant.name.label("tenant_name"),
+        TenantSettings.rate_limit,
+        TenantSettings.recipient_domain_allowlist,
+        TenantSettings.recipient_domain_denylist,
     )
+    .join(Tenant, Tenant.id == ApiKey.tenant_id)
+    .outerjoin(TenantSettings, TenantSettings.tenant_id == ApiKey.tenant_id)
+    .where(ApiKey.id.in_(bindparam("key_ids", expanding=True)))
+)
+_TOUCH_KEYS = (
+    update(ApiKey).where(ApiKey.id.in_(bindparam("key_ids", expanding=True))).values(last_used_at=bindparam("now"))
+)
+
+
+async def get_keys_for_auth(connection: AsyncConnection, key_ids: Iterable[str]) -> dict[str, Row]:
+    """Each key with its tenant's name and settings, in one query."""
+    rows = await connection.execute(_KEYS_FOR_AUTH, {"key_ids": list(key_ids)})
     return {row.id: row for row in rows}
 
 
@@ -88,5 +95,5 @@ async def get_key(session: AsyncSession, key_id: str) -> ApiKey | None:
     return await session.get(ApiKey, key_id)
 
 
-async def touch_keys(session: AsyncSession, key_ids: list[str], now: datetime) -> None:
-    await session.execute(update(ApiKey).where(ApiKey.id.in_(key_ids)).values(last_used_at=now))
+async def touch_keys(connection: AsyncConnection, key_ids: list[str], now: datetime) -> None:
+    await connection.execute(_TOUCH_KEYS, {"key_ids": key_ids, "now": now})

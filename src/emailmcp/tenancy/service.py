@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from emailmcp.batching import Batcher, Pending
 from emailmcp.db import utcnow
@@ -92,8 +92,8 @@ class KeyVerifier:
     """Verifies API keys against the database on every request, never from a cache, so a revoked key stops
     working at once in every process. Concurrent requests share one lookup query (see `emailmcp.batching`)."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], pepper: bytes) -> None:
-        self._sessionmaker = sessionmaker
+    def __init__(self, engine: AsyncEngine, pepper: bytes) -> None:
+        self._engine = engine
         self._pepper = pepper
         self._lookups: Batcher[str] = Batcher(self._lookup)
 
@@ -120,15 +120,15 @@ class KeyVerifier:
         )
 
     async def _lookup(self, batch: list[Pending[str]]) -> None:
-        async with self._sessionmaker() as session:
-            rows = await repository.get_keys_for_auth(session, {pending.item for pending in batch})
+        async with self._engine.connect() as connection:
+            rows = await repository.get_keys_for_auth(connection, {pending.item for pending in batch})
             now = utcnow()
             stale = [
                 row.id for row in rows.values() if row.last_used_at is None or now - row.last_used_at > _TOUCH_INTERVAL
             ]
             if stale:
-                await repository.touch_keys(session, stale, now)
-                await session.commit()
+                await repository.touch_keys(connection, stale, now)
+                await connection.commit()
         for pending in batch:
             pending.resolve(rows.get(pending.item))
 

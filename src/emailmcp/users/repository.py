@@ -2,9 +2,9 @@
 
 from datetime import datetime
 
-from sqlalchemy import Row, delete, func, select
+from sqlalchemy import Row, bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload
 
 from emailmcp.db import utcnow
@@ -34,49 +34,57 @@ async def insert_user_if_absent(session: AsyncSession, ctx: TenantContext, user_
     return (await session.execute(statement)).scalar() is not None
 
 
-async def insert_users_if_absent(session: AsyncSession, ctx: TenantContext, user_ids: list[str]) -> None:
+def _recent_messages(aggregate):
+    """Over the user's non-cancelled messages queued since :since (correlated to the outer EndUser row)."""
+    return (
+        select(aggregate)
+        .where(
+            Message.tenant_id == EndUser.tenant_id,
+            Message.user_pk == EndUser.id,
+            Message.created_at >= bindparam("since", type_=Message.created_at.type),
+            Message.status != "cancelled",
+        )
+        .scalar_subquery()
+    )
+
+
+# Built once: constructing a statement costs more than running it, and these run for every batch of sends.
+_SENDERS = (
+    select(
+        EndUser.id,
+        EndUser.user_id,
+        EndUser.email,
+        EndUser.display_name,
+        Mailbox.type.label("mailbox_type"),
+        Mailbox.status.label("mailbox_status"),
+        Mailbox.from_address.label("mailbox_from_address"),
+        _recent_messages(func.count()).label("recent_count"),
+        _recent_messages(func.min(Message.created_at)).label("recent_oldest"),
+    )
+    .outerjoin(Mailbox, Mailbox.user_pk == EndUser.id)
+    .where(EndUser.tenant_id == bindparam("tenant_id"), EndUser.user_id.in_(bindparam("user_ids", expanding=True)))
+)
+_INSERT_USERS = {
+    dialect.dialect.name: dialect.insert(EndUser).on_conflict_do_nothing(index_elements=["tenant_id", "user_id"])
+    for dialect in (postgresql, sqlite)
+}
+
+
+async def insert_users_if_absent(connection: AsyncConnection, ctx: TenantContext, user_ids: list[str]) -> None:
     """Creates those of the tenant's users that do not exist yet, in one statement. Safe under races."""
-    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
     now = utcnow()
-    await session.execute(
-        dialect.insert(EndUser).on_conflict_do_nothing(index_elements=["tenant_id", "user_id"]),
+    await connection.execute(
+        _INSERT_USERS[connection.dialect.name],
         [dict(tenant_id=ctx.tenant_id, user_id=user_id, created_at=now, updated_at=now) for user_id in user_ids],
     )
 
 
 async def get_senders(
-    session: AsyncSession, ctx: TenantContext, user_ids: list[str], since: datetime
+    connection: AsyncConnection, ctx: TenantContext, user_ids: list[str], since: datetime
 ) -> dict[str, Row]:
-    """What a send needs of each user, by user_id, in one query (columns, not ORM objects): the user, their
-    mailbox, and how many non-cancelled messages they queued since `since` with the oldest one's time."""
-
-    def recent(aggregate):
-        return (
-            select(aggregate)
-            .where(
-                Message.tenant_id == ctx.tenant_id,
-                Message.user_pk == EndUser.id,
-                Message.created_at >= since,
-                Message.status != "cancelled",
-            )
-            .scalar_subquery()
-        )
-
-    rows = await session.execute(
-        select(
-            EndUser.id,
-            EndUser.user_id,
-            EndUser.email,
-            EndUser.display_name,
-            Mailbox.type.label("mailbox_type"),
-            Mailbox.status.label("mailbox_status"),
-            Mailbox.from_address.label("mailbox_from_address"),
-            recent(func.count()).label("recent_count"),
-            recent(func.min(Message.created_at)).label("recent_oldest"),
-        )
-        .outerjoin(Mailbox, Mailbox.user_pk == EndUser.id)
-        .where(EndUser.tenant_id == ctx.tenant_id, EndUser.user_id.in_(user_ids))
-    )
+    """What a send needs of each user, by user_id, in one query: the user, their mailbox, and how many
+    non-cancelled messages they queued since `since` with the oldest one's time."""
+    rows = await connection.execute(_SENDERS, {"tenant_id": ctx.tenant_id, "user_ids": user_ids, "since": since})
     return {row.user_id: row for row in rows}
 
 

@@ -5,7 +5,7 @@ import binascii
 from datetime import datetime
 
 from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from emailmcp.db import utcnow
 from emailmcp.errors import InvalidField, NotFound
@@ -80,14 +80,14 @@ async def ensure_user(session: AsyncSession, ctx: TenantContext, user_id: str) -
 
 
 async def ensure_senders(
-    session: AsyncSession, ctx: TenantContext, user_ids: list[str], since: datetime
+    connection: AsyncConnection, ctx: TenantContext, user_ids: list[str], since: datetime
 ) -> dict[str, Row]:
     """`ensure_user` for many users at once, as the rows a send needs (see `repository.get_senders`)."""
-    senders = await repository.get_senders(session, ctx, user_ids, since)
+    senders = await repository.get_senders(connection, ctx, user_ids, since)
     missing = [user_id for user_id in user_ids if user_id not in senders]
     if missing:
-        await repository.insert_users_if_absent(session, ctx, missing)
-        senders |= await repository.get_senders(session, ctx, missing, since)
+        await repository.insert_users_if_absent(connection, ctx, missing)
+        senders |= await repository.get_senders(connection, ctx, missing, since)
     return senders
 
 
