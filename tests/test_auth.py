@@ -24,6 +24,8 @@ ROUTES = [
     ("GET", "/v1/messages/{message_id}", "mail"),
     ("POST", "/v1/messages/{message_id}/cancel", "mail"),
     ("GET", "/v1/messages/{message_id}/raw", "mail"),
+    ("GET", "/v1/reports/users/{user_id}", "mail"),
+    ("GET", "/v1/reports/summary", "mail"),
 ]
 PUBLIC = {("GET", path) for path in ("/", "/health", "/ready", "/metrics", "/docs", "/openapi.json")}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}

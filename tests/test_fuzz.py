@@ -60,6 +60,8 @@ EXPECTED_OPERATIONS = {
     ("GET", "/v1/users/{user_id}/mailbox"),
     ("PUT", "/v1/users/{user_id}/mailbox"),
     ("DELETE", "/v1/users/{user_id}/mailbox"),
+    ("GET", "/v1/reports/users/{user_id}"),
+    ("GET", "/v1/reports/summary"),
 }
 
 

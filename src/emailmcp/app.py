@@ -16,6 +16,7 @@ from emailmcp.errors import install_error_handlers
 from emailmcp.mail.endpoints import router as messages_router
 from emailmcp.mail.worker import DeliveryWorker
 from emailmcp.observability import RequestContextMiddleware
+from emailmcp.reports.endpoints import router as reports_router
 from emailmcp.runtime import Runtime, write_private_file
 from emailmcp.settings import Settings, load_settings
 from emailmcp.system.endpoints import router as system_router
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     app.include_router(system_router)
     app.include_router(users_router)
     app.include_router(messages_router)
+    app.include_router(reports_router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

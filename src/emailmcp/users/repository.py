@@ -9,6 +9,7 @@ from sqlalchemy.orm import joinedload
 
 from emailmcp.db import utcnow
 from emailmcp.mail.models import Message
+from emailmcp.mail.schemas import MessageStatus
 from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.users.models import EndUser, Mailbox
 
@@ -121,10 +122,11 @@ async def delete_mailbox(session: AsyncSession, ctx: TenantContext, user: EndUse
 
 
 async def sending_stats(session: AsyncSession, ctx: TenantContext, user: EndUser) -> tuple[int, datetime | None]:
-    """How many of the user's messages were sent, and when they last asked to send one."""
+    """How many of the user's messages were sent (the `successful` of an all_time report), and when they last
+    asked to send one."""
     row = (
         await session.execute(
-            select(func.count().filter(Message.status == "sent"), func.max(Message.created_at)).where(
+            select(func.count().filter(Message.status == MessageStatus.sent), func.max(Message.created_at)).where(
                 Message.tenant_id == ctx.tenant_id, Message.user_pk == user.id
             )
         )
