@@ -12,8 +12,9 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
-        Index("ix_messages_tenant_user_created", "tenant_id", "user_pk", "created_at"),
-        Index("ix_messages_tenant_created", "tenant_id", "created_at"),
+        # Reports count by status within time ranges, per user and per tenant, from these indexes alone.
+        Index("ix_messages_tenant_user_created_status", "tenant_id", "user_pk", "created_at", "status"),
+        Index("ix_messages_tenant_status_created", "tenant_id", "status", "created_at"),
         Index("ix_messages_due", "status", "next_attempt_at"),
     )
 

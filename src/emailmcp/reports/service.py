@@ -149,19 +149,12 @@ async def _totals(session: AsyncSession, ctx: TenantContext, user_pk: int | None
     days = window.days()
     counted = await repository.daily_counts(session, ctx, user_pk, [(lo, hi) for _, lo, hi in days])
     by_day, sums = [], dict.fromkeys(("total", "successful", "failed", "pending", "cancelled"), 0)
-    for day, lo, _ in days:
-        row = counted.get(lo)
-        if row is not None:
-            for name in sums:
-                sums[name] += getattr(row, name)
-        by_day.append(
-            DayCount(
-                date=day,
-                total=row.total if row else 0,
-                successful=row.successful if row else 0,
-                failed=row.failed if row else 0,
-            )
-        )
+    for (day, _, _), row in zip(days, counted, strict=True):
+        total = row.successful + row.failed + row.pending + row.cancelled
+        sums["total"] += total
+        for name in ("successful", "failed", "pending", "cancelled"):
+            sums[name] += getattr(row, name)
+        by_day.append(DayCount(date=day, total=total, successful=row.successful, failed=row.failed))
     decided = sums["successful"] + sums["failed"]
     return {
         "time_range": window.time_range,
