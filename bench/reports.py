@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -203,16 +204,12 @@ async def capture_statements(settings: Settings, user_ids: list[str]) -> tuple[l
         await engine.dispose()
 
 
-def replay(connect, statements: list) -> float:
+def replay(conn, statements: list) -> float:
     """Seconds to run the statements through the plain driver, fetching every row."""
-    conn = connect()
-    try:
-        started = time.perf_counter()
-        for statement, parameters in statements:
-            conn.execute(statement, parameters).fetchall()
-        return time.perf_counter() - started
-    finally:
-        conn.close()
+    started = time.perf_counter()
+    for statement, parameters in statements:
+        conn.execute(statement, parameters).fetchall()
+    return time.perf_counter() - started
 
 
 def timed_get(client: httpx2.Client, path: str, params: dict) -> float:
@@ -297,15 +294,15 @@ def main() -> None:
         if pg_url:
             import psycopg
 
-            def connect():
-                return psycopg.connect(plain_url)
+            conn = psycopg.connect(plain_url, autocommit=True)
         else:
-
-            def connect():
-                return sqlite3.connect(settings.sqlite_path)
-
-        user_floor = [replay(connect, statements) * 1000 for statements in per_user_sql]
-        summary_floor = [replay(connect, summary_sql) * 1000 for _ in range(args.summary_requests)]
+            conn = sqlite3.connect(settings.sqlite_path)
+        # One connection, warmed like the server's pooled ones, so the floor holds no connection set-up.
+        with closing(conn):
+            replay(conn, summary_sql)
+            replay(conn, per_user_sql[0])
+            user_floor = [replay(conn, statements) * 1000 for statements in per_user_sql]
+            summary_floor = [replay(conn, summary_sql) * 1000 for _ in range(args.summary_requests)]
 
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         print(
