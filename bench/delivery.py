@@ -6,8 +6,9 @@ empty PostgreSQL database) and a local aiosmtpd sink, in a process of its own, t
 A. Delivery. Each round fills the outbox with N sends over HTTP for a user whose SMTP mailbox (security none) is
    the sink, then starts one `emailmcp worker --concurrency C` and waits until the sink has N messages. Baseline,
    in the same round: a plain aiosmtplib loop, in a process of its own, sending N messages with the same bytes and
-   envelope to the same sink at the same concurrency, one connection per message like SmtpTransport (or, with
-   --reuse-connections, one per sender, for an SmtpTransport that keeps connections open). Rates run
+   envelope to the same sink at the same concurrency and with the worker's connection handling: each sender keeps
+   its connection open for up to MAX_MESSAGES_PER_CONNECTION messages, like the worker's SmtpPool (with
+   --connection-per-message, one connection per message, like SmtpTransport without a pool). Rates run
    from the sink's first to its N-th message, so process start-up (shown apart) is left out; CPU columns are the
    sender's and the sink's CPU time over that window per message (Linux /proc).
 B. Enqueue. Accepted sends (POST /v1/users/{id}/messages, 202) per second from a separate load process at a fixed
@@ -18,7 +19,7 @@ Medians over rounds. The load average is printed because the baseline loop is CP
 rate, and so every ratio, moves with whatever else is running.
 
     .venv/bin/python bench/delivery.py [--messages 2000] [--worker-concurrency 8] [--rounds 3]
-        [--seconds 5] [--concurrency 32] [--body-bytes 1024] [--reuse-connections]
+        [--seconds 5] [--concurrency 32] [--body-bytes 1024] [--connection-per-message]
 """
 
 import argparse
@@ -40,6 +41,8 @@ from pathlib import Path
 import aiosmtplib
 import httpx2
 from aiosmtpd.controller import Controller
+
+from emailmcp.mail.transports.smtp import MAX_MESSAGES_PER_CONNECTION
 
 SENDER = "bench@example.com"
 RECIPIENT = "rcpt@example.com"
@@ -151,10 +154,12 @@ def drain(stats, total: int, sender: subprocess.Popen | multiprocessing.Process,
     )
 
 
-# -- the baseline: plain aiosmtplib, one connection per message like SmtpTransport (or one per sender) -----------
+# -- the baseline: plain aiosmtplib, with the worker's connection reuse (or one connection per message) ----------
 
 
-async def plain_loop(port: int, mime: bytes, total: int, concurrency: int, reuse: bool) -> None:
+async def plain_loop(port: int, mime: bytes, total: int, concurrency: int, per_connection: int) -> None:
+    """Each of `concurrency` senders sends over a connection of its own, opening a new one every `per_connection`
+    messages."""
     remaining = total
 
     async def sender() -> None:
@@ -162,17 +167,17 @@ async def plain_loop(port: int, mime: bytes, total: int, concurrency: int, reuse
         while remaining > 0:
             client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30, use_tls=False, start_tls=False)
             async with client:
-                while remaining > 0:
+                for _ in range(per_connection):
+                    if remaining <= 0:
+                        break
                     remaining -= 1
                     await client.sendmail(SENDER, [RECIPIENT], mime)
-                    if not reuse:
-                        break
 
     await asyncio.gather(*(sender() for _ in range(concurrency)))
 
 
-def plain_process(port: int, mime: bytes, total: int, concurrency: int, reuse: bool) -> None:
-    asyncio.run(plain_loop(port, mime, total, concurrency, reuse))
+def plain_process(port: int, mime: bytes, total: int, concurrency: int, per_connection: int) -> None:
+    asyncio.run(plain_loop(port, mime, total, concurrency, per_connection))
 
 
 # -- HTTP load, from a process of its own ---------------------------------------------------------------------
@@ -315,9 +320,10 @@ class Bench:
 
         mime = (self.workdir / "sample.eml").read_bytes()
         reset_sink(self.stats)
+        per_connection = 1 if args.connection_per_message else MAX_MESSAGES_PER_CONNECTION
         plain = multiprocessing.Process(
             target=plain_process,
-            args=(self.sink_port, mime, args.messages, args.worker_concurrency, args.reuse_connections),
+            args=(self.sink_port, mime, args.messages, args.worker_concurrency, per_connection),
         )
         plain.start()
         try:
@@ -377,7 +383,11 @@ def report(args, database: str, delivery: list[tuple[Drain, Drain]], enqueue: di
     )
     print()
     rounds = f"{args.rounds} round{'s' if args.rounds != 1 else ''}"
-    connections = "baseline: one SMTP connection per sender" if args.reuse_connections else "one connection per message"
+    connections = (
+        "baseline: one SMTP connection per message"
+        if args.connection_per_message
+        else f"SMTP connections reused for up to {MAX_MESSAGES_PER_CONNECTION} messages by both"
+    )
     size = med(w.size for w, _ in delivery)
     print(f"A. Delivery: {args.messages} messages of {size:.0f} bytes, pre-filled outbox -> local aiosmtpd sink,")
     print(f"   concurrency {args.worker_concurrency}, {connections}; {rounds}, medians; msg/s first to last message")
@@ -427,9 +437,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="HTTP connections, for filling and for B")
     parser.add_argument("--body-bytes", type=int, default=1024, help="size of the text body of every message")
     parser.add_argument(
-        "--reuse-connections",
+        "--connection-per-message",
         action="store_true",
-        help="baseline keeps one SMTP connection per sender (for an SmtpTransport that reuses connections)",
+        help="baseline opens an SMTP connection per message (the worker reuses connections whatever this says)",
     )
     args = parser.parse_args()
 

@@ -7,6 +7,7 @@ mail is queued, SIGKILL and SIGTERM workers mid-drain, and run two workers again
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -492,6 +493,54 @@ def test_removing_the_mailbox_fails_queued_mail_instead_of_sending_it_another_wa
             assert get_message(client, queued_message["id"])["status"] == "failed"
 
 
+class DroppingSink(SmtpSink):
+    """Hangs up, without a reply, on the next second transaction over one connection: a server that dropped a
+    connection the client kept open for its next message."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.drops = 1
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options) -> str:
+        if self.drops and session.peer in {received.peer for received in self.messages}:
+            self.drops -= 1
+            server.transport.close()
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+
+def test_messages_to_one_server_share_connections(client):
+    user = unique("reuse")
+    with SmtpSink() as sink:
+        connect_mailbox(client, user, sink, "reuse@example.com")
+        queued = [send(client, user, subject=f"shared {n}", body=str(n)) for n in range(30)]
+        for message in queued:
+            assert wait_for_status(client, message["id"], "sent", "failed")["status"] == "sent"
+        received = sink.wait_for(30)
+    assert Counter(r.message["Message-ID"] for r in received) == Counter(m["message_id"] for m in queued)
+    per_connection = Counter(r.peer for r in received)
+    # The embedded worker sends 8 at a time, each connection carrying one message at a time.
+    assert len(per_connection) <= 8, per_connection
+    assert max(per_connection.values()) >= 4, per_connection
+
+
+def test_a_connection_dropped_between_messages_means_a_retry_with_the_same_message_id(client):
+    user = unique("dropped")
+    with DroppingSink() as sink:
+        connect_mailbox(client, user, sink, "dropped@example.com")
+        first = send(client, user, subject="first")
+        assert wait_for_status(client, first["id"], "sent", "failed")["status"] == "sent"
+        second = send(client, user, subject="second")  # goes over the connection the first one left open
+        sent = wait_for_status(client, second["id"], "sent", "failed")
+        assert sent["status"] == "sent", sent
+        assert [a["outcome"] for a in sent["attempt_history"]] == ["transient_failure", "sent"]
+        assert sent["attempts"] == 2
+        received = sink.wait_for(2)
+        time.sleep(0.3)
+    assert [r.message["Message-ID"] for r in received] == [first["message_id"], second["message_id"]]
+    assert len(sink.messages) == 2
+    assert received[0].peer != received[1].peer, "the retry must come over a new connection"
+
+
 # -- the operator's relay, and the private-host guard --------------------------------------------------------------
 
 
@@ -663,6 +712,54 @@ def test_two_workers_on_postgresql_send_each_message_exactly_once(start_server, 
         for worker in workers:
             worker.process.send_signal(signal.SIGTERM)
         assert [worker.process.wait(10) for worker in workers] == [0, 0]
+
+
+class TakeoverSink(SmtpSink):
+    """Answers a message's first copy only once a second copy arrived: the first sender's lease runs out while it
+    waits, and another worker takes the message over and sends it again."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self._copied: dict[str, asyncio.Event] = {}  # by Message-ID, set when the second copy arrives
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        message_id = self.messages[-1].message["Message-ID"]
+        if message_id in self._copied:
+            self._copied[message_id].set()
+        else:
+            copied = self._copied[message_id] = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(copied.wait(), 25)  # within the client's timeout
+        return reply
+
+
+def test_a_worker_that_lost_its_lease_records_nothing(start_server, start_worker):
+    with TakeoverSink() as sink:
+        server = start_server(args=("--no-worker",), EMAILMCP_WORKER_LEASE_SECONDS="5", **SMTP_ENV)
+        key = server.bootstrap_key
+        user = unique("takeover")
+        with server.client(key) as client:
+            connect_mailbox(client, user, sink, "takeover@example.com")
+            queued = send(client, user, subject="taken over")
+            first = start_worker(server)
+            sink.wait_for(1, timeout=30)  # the first worker's copy, its reply held back
+            second = start_worker(server)  # claims the message once the first worker's lease has expired
+            sink.wait_for(2, timeout=30)
+            sent = wait_for_status(client, queued["id"], "sent", "failed", timeout=30)
+            wait_until(lambda: "lease_lost" in first.log_text(), 30, "the first worker to log lease_lost")
+            time.sleep(0.5)
+            message = get_message(client, queued["id"])
+        assert sent["status"] == "sent", sent
+        # Only the second worker's attempt is recorded; the first worker found its lease gone and wrote nothing.
+        assert [(a["number"], a["outcome"]) for a in message["attempt_history"]] == [(2, "sent")], message
+        assert message["attempts"] == 2 and message["status"] == "sent"
+        assert queued["id"] in first.log_text()
+        assert "lease_lost" not in second.log_text()
+        assert arrivals_by_message_id(sink) == Counter({queued["message_id"]: 2})
+        for worker in (first, second):
+            worker.process.send_signal(signal.SIGTERM)
+        assert [worker.process.wait(10) for worker in (first, second)] == [0, 0]
 
 
 def test_sigterm_stops_a_worker_gracefully_and_the_next_one_finishes(start_server, start_worker):

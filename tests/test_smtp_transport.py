@@ -10,7 +10,7 @@ import pytest
 from emailmcp.mail.mime import Attachment, OutgoingEmail, build_mime
 from emailmcp.mail.transports.base import PermanentError, SendResult, TransientError
 from emailmcp.mail.transports.capture import CaptureTransport
-from emailmcp.mail.transports.smtp import SmtpConfig, SmtpTransport
+from emailmcp.mail.transports.smtp import SmtpConfig, SmtpPool, SmtpTransport
 from peers.smtp import SmtpSink
 
 USER, PASSWORD = "alice@example.com", "s3cret-Pa55word"
@@ -227,3 +227,94 @@ async def test_capture_transport_accepts_everything():
     assert (SmtpTransport.name, SmtpTransport.keeps_copy) == ("smtp", False)
     result = await transport.send(b"raw", SENDER, ["a@example.org", "b@example.org"])
     assert result == SendResult(accepted=["a@example.org", "b@example.org"], refused={}, response="captured")
+
+
+# -- SmtpPool: connections kept open between messages ----------------------------------------------------------
+
+
+def connections(sink: SmtpSink) -> list[tuple[str, int]]:
+    """The client connections the sink's messages came over, in order of first use."""
+    return list(dict.fromkeys(received.peer for received in sink.messages))
+
+
+async def test_pool_sends_several_messages_over_one_connection_up_to_its_cap(smtp_sink):
+    pool = SmtpPool(max_messages=3)
+    transport = SmtpTransport(SmtpConfig("127.0.0.1", smtp_sink.port, "none"), pool)
+    for n in range(7):
+        await send(transport, outgoing(message_id=f"<pooled-{n}@example.com>"))
+    await pool.close()
+    received = smtp_sink.wait_for(7)
+    assert [r.message["Message-ID"] for r in received] == [f"<pooled-{n}@example.com>" for n in range(7)]
+    assert [sum(r.peer == peer for r in received) for peer in connections(smtp_sink)] == [3, 3, 1]
+
+
+async def test_pool_keeps_connections_apart_by_server_and_credentials(starttls_sink, smtp_sink):
+    pool = SmtpPool()
+    plain = SmtpTransport(SmtpConfig("127.0.0.1", smtp_sink.port, "none"), pool)
+    secured = [
+        SmtpTransport(
+            SmtpConfig("127.0.0.1", starttls_sink.port, "starttls", USER, password, ca_file=starttls_sink.ca_file), pool
+        )
+        for password in (PASSWORD, "wrong-" + PASSWORD)
+    ]
+    await send(plain)
+    await send(secured[0])
+    with pytest.raises(PermanentError, match="^535 "):  # not sent over the authenticated connection
+        await send(secured[1])
+    await send(secured[0])
+    await send(plain)
+    await pool.close()
+    assert len(connections(smtp_sink)) == 1 and len(smtp_sink.messages) == 2
+    assert len(connections(starttls_sink)) == 1 and len(starttls_sink.messages) == 2
+    assert all(r.login == USER and r.tls for r in starttls_sink.messages)
+
+
+async def test_pool_opens_a_new_connection_after_a_refused_transaction(smtp_sink):
+    pool = SmtpPool()
+    transport = SmtpTransport(SmtpConfig("127.0.0.1", smtp_sink.port, "none"), pool)
+    await send(transport)
+    smtp_sink.fail_next(1)
+    with pytest.raises(TransientError, match="^451 "):
+        await send(transport)
+    await send(transport)
+    await pool.close()
+    assert len(smtp_sink.wait_for(2)) == 2
+    assert len(connections(smtp_sink)) == 2
+
+
+async def test_pool_closes_connections_idle_for_too_long(smtp_sink):
+    now = [0.0]
+    pool = SmtpPool(max_idle=20, clock=lambda: now[0])
+    transport = SmtpTransport(SmtpConfig("127.0.0.1", smtp_sink.port, "none"), pool)
+    await send(transport)
+    now[0] = 19
+    await send(transport)  # idle for 19 s: reused
+    now[0] = 39
+    pool.close_idle()  # idle for 20 s: closed
+    await send(transport)
+    await pool.close()
+    received = smtp_sink.wait_for(3)
+    assert received[0].peer == received[1].peer != received[2].peer
+
+
+async def test_pool_does_not_resend_when_a_kept_connection_fails():
+    """A connection the server dropped between two messages fails the next send like any lost connection: the
+    worker retries that message later, rather than the pool sending it again at once."""
+
+    class DroppingSink(SmtpSink):
+        async def handle_MAIL(self, server, session, envelope, address, mail_options):
+            if session.peer in {r.peer for r in self.messages}:
+                server.transport.close()  # the second transaction on a connection: hang up without a reply
+            return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+    with DroppingSink() as sink:
+        pool = SmtpPool()
+        transport = SmtpTransport(SmtpConfig("127.0.0.1", sink.port, "none"), pool)
+        await send(transport, outgoing(message_id="<first@example.com>"))
+        with pytest.raises(TransientError):
+            await send(transport, outgoing(message_id="<second@example.com>"))
+        assert [r.message["Message-ID"] for r in sink.messages] == ["<first@example.com>"]
+        await send(transport, outgoing(message_id="<second@example.com>"))  # the retry: a new connection
+        await pool.close()
+        assert [r.message["Message-ID"] for r in sink.wait_for(2)] == ["<first@example.com>", "<second@example.com>"]
+        assert len(connections(sink)) == 2

@@ -42,6 +42,7 @@ class ReceivedMessage:
     message: EmailMessage
     login: str | None  # the authenticated user, if any
     tls: bool  # whether the session was encrypted (STARTTLS or implicit TLS)
+    peer: tuple[str, int]  # the client's address and port: the same for messages sent over one connection
 
 
 @functools.cache
@@ -202,6 +203,7 @@ class SmtpSink:
                     message=email.message_from_bytes(raw, policy=policy.default),  # type: ignore[arg-type]
                     login=session.auth_data.login.decode() if session.authenticated else None,
                     tls=server.transport is not None and server.transport.get_extra_info("ssl_object") is not None,
+                    peer=tuple(session.peer),
                 )
             )
             self._changed.notify_all()

@@ -1,18 +1,62 @@
 """Turns an outgoing email into RFC 5322 bytes, and HTML into readable plain text."""
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.header import Header
-from email.headerregistry import Address
+from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
+from email.utils import format_datetime
 from html.parser import HTMLParser
+
+
+class _FoldedOnce:
+    """Keeps a header's folded form per policy: the headers _CachedHeaderRegistry shares are written again and again."""
+
+    def fold(self, *, policy) -> str:
+        folded = self.__dict__.get("_folded")
+        if folded is None or folded[0] is not policy:
+            folded = self._folded = (policy, super().fold(policy=policy))
+        return folded[1]
+
+
+class _CachedHeaderRegistry(HeaderRegistry):
+    """The standard registry, minus the costs that dominate build_mime otherwise.
+
+    It makes a new header class on every lookup; this makes each one once. And set_content sets the same few
+    Content-Type, Content-Transfer-Encoding and MIME-Version values on every message: these are parsed and folded
+    once and then shared. Header classes hold no per-header state and headers are immutable, so sharing is safe.
+    """
+
+    _SHARED = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type] = {}
+        self._shared = functools.lru_cache(maxsize=64)(super().__call__)
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = super().__getitem__(name)
+            if key in self._SHARED:
+                cls = type(cls.__name__, (_FoldedOnce, cls), {})
+            self._classes[key] = cls
+        return cls
+
+    def __call__(self, name: str, value):
+        if isinstance(value, str) and name.lower() in self._SHARED:
+            return self._shared(name, value)
+        return super().__call__(name, value)
+
 
 # SMTP's CRLF and folding, but 7-bit clean bodies (quoted-printable or base64 instead of raw 8bit), so a message
 # goes through any server whether or not it offers 8BITMIME; and headers stored raw (set_raw) are written as given.
-POLICY = policy.SMTP.clone(cte_type="7bit", refold_source="none")
+POLICY = policy.SMTP.clone(cte_type="7bit", refold_source="none", header_factory=_CachedHeaderRegistry())
 
 
 @dataclass(frozen=True)
@@ -57,6 +101,30 @@ def _address(address: str, display_name: str | None = None) -> Address:
     return Address(display_name=display_name or "", addr_spec=address)
 
 
+# Header values the standard library writes exactly as given: no quoting, encoding or folding needed. Such values
+# are stored as written (set_raw), skipping the header parser and folder, most of build_mime's time otherwise;
+# tests/test_mime.py checks that the bytes are the same either way.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_PLAIN_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
+_PLAIN_NAME = re.compile(rf"{_ATEXT}(?: {_ATEXT})*")
+_PLAIN_MESSAGE_ID = re.compile(rf"<{_DOT_ATOM}@{_DOT_ATOM}>")
+_PLAIN_TEXT = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII words, single spaces
+
+
+def _as_is(name: str, text: str, pattern: re.Pattern = _PLAIN_TEXT) -> bool:
+    """Whether the header fits on one line as `text`, with nothing in it to quote or encode."""
+    return len(name) + 2 + len(text) <= POLICY.max_line_length and "=?" not in text and bool(pattern.fullmatch(text))
+
+
+def _set(msg: EmailMessage, name: str, text: str, value: object, pattern: re.Pattern = _PLAIN_TEXT) -> None:
+    """Sets a header to `value`, or to `text`, how the standard library writes `value`, when that needs no folding."""
+    if _as_is(name, text, pattern):
+        msg.set_raw(name, text)
+    else:
+        msg[name] = value
+
+
 def build_mime(email: OutgoingEmail) -> bytes:
     """The message as sent: text/plain, multipart/alternative for HTML, multipart/mixed around attachments.
 
@@ -64,27 +132,38 @@ def build_mime(email: OutgoingEmail) -> bytes:
     for a header value with CR or LF, and for a non-ASCII address.
     """
     msg = EmailMessage(policy=POLICY)
-    sender = _address(email.from_address, email.from_name)
-    if sender.display_name.isascii():
-        msg["From"] = sender
+    from_text = f"{email.from_name} <{email.from_address}>" if email.from_name else email.from_address
+    if (
+        _as_is("From", from_text)
+        and _PLAIN_ADDRESS.fullmatch(email.from_address)
+        and (not email.from_name or _PLAIN_NAME.fullmatch(email.from_name))
+    ):
+        msg.set_raw("From", from_text)
     else:
-        # Python's folder (before gh-144156) drops the space between adjacent encoded-words of a long non-ASCII
-        # display name ("Zoë Zoë" -> "ZoëZoë"); the classic Header encoder splits it correctly.
-        name = Header(sender.display_name, "utf-8", header_name="From").encode(linesep="\r\n")
-        msg.set_raw("From", f"{name} <{sender.addr_spec}>")
-    if email.to:
-        msg["To"] = [_address(a) for a in email.to]
-    if email.cc:
-        msg["Cc"] = [_address(a) for a in email.cc]
-    if email.reply_to:
-        msg["Reply-To"] = [_address(a) for a in email.reply_to]
-    msg["Subject"] = email.subject
-    msg["Date"] = email.date
-    msg["Message-ID"] = email.message_id
+        sender = _address(email.from_address, email.from_name)
+        if sender.display_name.isascii():
+            msg["From"] = sender
+        else:
+            # Python's folder (before gh-144156) drops the space between adjacent encoded-words of a long
+            # non-ASCII display name ("Zoë Zoë" -> "ZoëZoë"); the classic Header encoder splits it correctly.
+            name = Header(sender.display_name, "utf-8", header_name="From").encode(linesep="\r\n")
+            msg.set_raw("From", f"{name} <{sender.addr_spec}>")
+    for header, addresses in (("To", email.to), ("Cc", email.cc), ("Reply-To", email.reply_to)):
+        if not addresses:
+            continue
+        text = ", ".join(addresses)
+        if _as_is(header, text) and all(_PLAIN_ADDRESS.fullmatch(address) for address in addresses):
+            msg.set_raw(header, text)
+        else:
+            msg[header] = [_address(a) for a in addresses]
+    _set(msg, "Subject", email.subject, email.subject)
+    _set(msg, "Date", format_datetime(email.date), email.date)
+    _set(msg, "Message-ID", email.message_id, email.message_id, _PLAIN_MESSAGE_ID)
     if email.in_reply_to:
-        msg["In-Reply-To"] = email.in_reply_to
+        _set(msg, "In-Reply-To", email.in_reply_to, email.in_reply_to)
     if email.references:
-        msg["References"] = " ".join(email.references)
+        references = " ".join(email.references)
+        _set(msg, "References", references, references)
 
     text = email.text_body
     if text is None:

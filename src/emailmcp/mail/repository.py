@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import Row, and_, func, insert, or_, select, text, update
+from sqlalchemy import Row, bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -82,83 +82,126 @@ async def cancel(session: AsyncSession, ctx: TenantContext, message_id: str, now
 
 
 # -- worker side: these cross tenants on purpose, each row carries its tenant --
+# Built once: the worker runs them all the time, and building a statement costs more than running it here.
+
+_messages = Message.__table__
+_attempts = DeliveryAttempt.__table__
+_mailboxes = Mailbox.__table__
+_now = bindparam("now", type_=_messages.c.updated_at.type)
 
 
-def _due(now: datetime):
-    return or_(
-        and_(Message.status.in_([MessageStatus.queued, MessageStatus.scheduled]), Message.next_attempt_at <= now),
-        and_(Message.status == MessageStatus.sending, Message.lease_expires_at < now),
+def _due_ids():
+    """The ids of the `limit` longest due messages: queued or scheduled and due, or sending with an expired lease.
+
+    Each kind is read in index order and cut at `limit` before the merge, so a claim reads a few index entries
+    rather than sorting the whole backlog. FOR UPDATE SKIP LOCKED on PostgreSQL (SQLite leaves it out).
+    """
+    c = _messages.c
+    kinds = (
+        (c.status == MessageStatus.queued, c.next_attempt_at <= _now),
+        (c.status == MessageStatus.scheduled, c.next_attempt_at <= _now),
+        (c.status == MessageStatus.sending, c.lease_expires_at < _now),
     )
+    firsts = []
+    for conditions in kinds:
+        first = (
+            select(c.id, c.next_attempt_at)
+            .where(*conditions)
+            .order_by(c.next_attempt_at)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+            .subquery()
+        )
+        firsts.append(select(first.c.id, first.c.next_attempt_at))
+    due = firsts[0].union_all(*firsts[1:]).subquery()
+    return select(due.c.id).order_by(due.c.next_attempt_at).limit(bindparam("limit"))
 
 
-async def claim_due(session: AsyncSession, owner: str, now: datetime, lease_until: datetime, limit: int) -> list[str]:
-    """Leases up to `limit` due messages to `owner` and returns their ids.
+# What delivery needs of a message.
+_DELIVERY_COLUMNS = [
+    _messages.c[name]
+    for name in (
+        "id", "user_pk", "transport", "via_mailbox", "message_id", "from_address", "from_name", "to", "cc", "bcc",
+        "reply_to", "subject", "body_type", "body", "text_body", "in_reply_to", "references", "attachments",
+        "next_attempt_at", "attempts", "created_at",
+    )
+]  # fmt: skip
+_CLAIM = (
+    update(_messages)
+    .where(_messages.c.id.in_(_due_ids()))
+    .values(
+        status=MessageStatus.sending,
+        lease_owner=bindparam("owner"),
+        lease_expires_at=bindparam("lease_until"),
+        attempts=_messages.c.attempts + 1,
+        updated_at=_now,
+    )
+    .returning(*_DELIVERY_COLUMNS)
+)
+_MAILBOXES = select(_mailboxes).where(_mailboxes.c.user_pk.in_(bindparam("user_pks", expanding=True)))
+# Any number of outcomes in one statement (executemany), each only if its lease is still ours.
+_FINISH = update(_messages).where(
+    _messages.c.id == bindparam("lease_id"),
+    _messages.c.lease_owner == bindparam("lease_holder"),
+    _messages.c.status == MessageStatus.sending,
+)
+_ADD_ATTEMPTS = insert(_attempts)
+_RELEASE = (
+    update(_messages)
+    .where(_messages.c.lease_owner == bindparam("owner"), _messages.c.status == MessageStatus.sending)
+    .values(
+        status=MessageStatus.queued,
+        lease_owner=None,
+        lease_expires_at=None,
+        next_attempt_at=_now,
+        attempts=_messages.c.attempts - 1,
+    )
+)
+_RELEASE_SOME = _RELEASE.where(_messages.c.id.in_(bindparam("ids", expanding=True)))
+
+
+async def claim_due(conn: AsyncConnection, owner: str, now: datetime, lease_until: datetime, limit: int) -> list[Row]:
+    """Leases up to `limit` due messages to `owner` and returns what delivery needs of them, the longest due first.
 
     PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent workers never pick the same row.
     SQLite: the UPDATE runs under the database's single writer lock, which serialises claims.
     """
-    candidates = select(Message.id).where(_due(now)).order_by(Message.next_attempt_at).limit(limit)
-    if session.bind.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
-    result = await session.execute(
-        update(Message)
-        .where(Message.id.in_(candidates), _due(now))
-        .values(
-            status=MessageStatus.sending,
-            lease_owner=owner,
-            lease_expires_at=lease_until,
-            attempts=Message.attempts + 1,
-            updated_at=now,
-        )
-        .returning(Message.id)
-        .execution_options(synchronize_session=False)
-    )
-    return list(result.scalars())
+    result = await conn.execute(_CLAIM, {"now": now, "owner": owner, "lease_until": lease_until, "limit": limit})
+    return sorted(result.all(), key=lambda row: (row.next_attempt_at, row.id))
 
 
-async def load_for_delivery(
-    session: AsyncSession, message_id: str, owner: str
-) -> tuple[Message, Mailbox | None] | None:
-    """The leased message and the sender's current mailbox, if the lease is still ours."""
-    row = (
-        await session.execute(
-            select(Message, Mailbox)
-            .outerjoin(Mailbox, Mailbox.user_pk == Message.user_pk)
-            .where(Message.id == message_id, Message.lease_owner == owner, Message.status == MessageStatus.sending)
-        )
-    ).first()
-    return (row[0], row[1]) if row else None
+async def mailboxes(conn: AsyncConnection, user_pks: set[int]) -> dict[int, Row]:
+    """The current mailboxes of these users, by user; users without one are missing."""
+    if not user_pks:
+        return {}
+    return {row.user_pk: row for row in await conn.execute(_MAILBOXES, {"user_pks": list(user_pks)})}
 
 
-async def finish(session: AsyncSession, message_id: str, owner: str, values: dict, attempt: DeliveryAttempt) -> bool:
-    """Records an attempt's outcome if the lease is still ours; False when another worker took over."""
-    result = await session.execute(
-        update(Message)
-        .where(Message.id == message_id, Message.lease_owner == owner, Message.status == MessageStatus.sending)
-        .values(lease_owner=None, lease_expires_at=None, **values)
-        .returning(Message.id)
-        .execution_options(synchronize_session=False)
-    )
-    if result.scalar() is None:
+async def finish(conn: AsyncConnection, owner: str, outcomes: list[tuple[str, dict]], attempts: list[dict]) -> bool:
+    """Records outcomes, (message id, new column values), and their delivery_attempts rows.
+
+    True when every lease was still ours. False when any was not (another worker took that message over): then
+    the caller rolls back and records the outcomes one by one, to find out which.
+    """
+    by_columns: dict[tuple[str, ...], list[dict]] = {}  # executemany needs the same columns in every row
+    for message_id, values in outcomes:
+        params = values | {"lease_id": message_id, "lease_holder": owner, "lease_owner": None, "lease_expires_at": None}
+        by_columns.setdefault(tuple(values), []).append(params)
+    updated = 0
+    for params in by_columns.values():
+        updated += (await conn.execute(_FINISH, params)).rowcount
+    if updated != len(outcomes):
         return False
-    session.add(attempt)
+    await conn.execute(_ADD_ATTEMPTS, attempts)
     return True
 
 
-async def release(session: AsyncSession, owner: str, now: datetime) -> None:
-    """Gives back every lease of a stopping worker, so others can claim them at once."""
-    await session.execute(
-        update(Message)
-        .where(Message.lease_owner == owner, Message.status == MessageStatus.sending)
-        .values(
-            status=MessageStatus.queued,
-            lease_owner=None,
-            lease_expires_at=None,
-            next_attempt_at=now,
-            attempts=Message.attempts - 1,
-        )
-        .execution_options(synchronize_session=False)
-    )
+async def release(conn: AsyncConnection, owner: str, now: datetime, ids: list[str] | None = None) -> None:
+    """Gives back leases (all of a stopping worker's, or these), so others can claim them at once."""
+    if ids is None:
+        await conn.execute(_RELEASE, {"owner": owner, "now": now})
+    else:
+        await conn.execute(_RELEASE_SOME, {"owner": owner, "now": now, "ids": ids})
 
 
 async def count_by_status(session: AsyncSession) -> dict[str, int]:

@@ -3,26 +3,36 @@
 A message's Message-ID is fixed at enqueue, so if a worker dies after the server accepted a
 message but before the outcome was recorded, the resend after the lease expires carries the
 same Message-ID and receivers can recognise the duplicate.
+
+Sending is what takes the time, so the database work is batched: `concurrency` tasks send, and one task does all
+database work over a connection of its own, one transaction at a time. Each transaction writes the outcomes
+finished since the last one (one statement for all, falling back to one by one only when a lease was lost) and
+claims the next batch of due messages, with the rows and their users' mailboxes. SMTP connections are kept open
+for the next message to the same server (SmtpPool).
 """
 
 import asyncio
 import base64
+import contextlib
+import functools
 import os
 import random
 import socket
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from emailmcp.db import utcnow
 from emailmcp.mail import repository
 from emailmcp.mail.mime import Attachment, OutgoingEmail, build_mime, html_to_text
-from emailmcp.mail.models import DeliveryAttempt, Message
 from emailmcp.mail.schemas import MessageStatus
 from emailmcp.mail.signal import CHANNEL
 from emailmcp.mail.transports.base import PermanentError, SendResult, TransientError, Transport
 from emailmcp.mail.transports.capture import CaptureTransport
-from emailmcp.mail.transports.smtp import SmtpConfig, SmtpTransport
+from emailmcp.mail.transports.smtp import SmtpConfig, SmtpPool, SmtpTransport
 from emailmcp.network import resolve_public_host
 from emailmcp.observability import DELIVERY_OUTCOMES
 from emailmcp.runtime import Runtime
@@ -46,7 +56,7 @@ def backoff(settings, attempt: int, retry_after: float | None) -> timedelta:
     return min(timedelta(seconds=max(delay, retry_after or 0)), MAX_BACKOFF)
 
 
-def outgoing_email(message: Message) -> OutgoingEmail:
+def outgoing_email(message: Row) -> OutgoingEmail:
     html = message.body if message.body_type == "html" else None
     text_body = (message.text_body or html_to_text(message.body or "")) if html is not None else message.body
     return OutgoingEmail(
@@ -70,75 +80,237 @@ def outgoing_email(message: Message) -> OutgoingEmail:
     )
 
 
+@dataclass(slots=True)
+class _Job:
+    message: Row  # the messages row as claimed
+    mailbox: Row | None  # the sender's mailbox at claim time
+    claimed_at: float  # event loop time
+
+
+@dataclass(slots=True)
+class _Outcome:
+    message: Row
+    outcome: str
+    detail: str | None
+    started: datetime
+    finished: datetime
+    values: dict  # the message's new column values
+
+
+# An outcome waits at most this long for others to be written with it; the database loop writes at once when a
+# claim is due anyway, or when a batch of outcomes is waiting.
+RECORD_DELAY = 0.05
+
+
 class DeliveryWorker:
     def __init__(self, runtime: Runtime, concurrency: int = 8) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.concurrency = concurrency
+        # Claims of up to two messages per sender, and at most three per sender leased at a time: enough to keep the
+        # senders busy while the next batch is claimed, few enough to be sent well within the lease.
+        self._batch = 2 * concurrency
+        self._max_held = 3 * concurrency
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self._inflight: set[asyncio.Task] = set()
         self._capture = CaptureTransport()
+        self._smtp = SmtpPool()
         self._ca_file = str(self.settings.smtp_ca_file) if self.settings.smtp_ca_file else None
+        self._relay = (
+            SmtpConfig(
+                host=self.settings.smtp_host,
+                port=self.settings.smtp_port,
+                security=self.settings.smtp_security,
+                username=self.settings.smtp_username,
+                password=self.settings.smtp_password.get_secret_value() if self.settings.smtp_password else None,
+                ca_file=self._ca_file,
+            )
+            if self.settings.smtp_host
+            else None
+        )
+        self._mailbox_config = functools.lru_cache(maxsize=1024)(self._smtp_config)
+        self._lease = timedelta(seconds=self.settings.worker_lease_seconds)
+        self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._held = 0  # claimed messages not yet through a send attempt
+        self._outcomes: list[_Outcome] = []
+        self._outcomes_since = 0.0  # event loop time of the oldest outcome not yet written
+        self._given_back: list[str] = []  # claimed, but waited too long to be sent under the lease
+        self._claim_after = 0.0  # event loop time; pushed out while nothing is due
+        self._wake = asyncio.Event()  # the database loop has work: room to claim, outcomes to write, or stopping
+        self._conn: AsyncConnection | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Delivers until `stop` is set, then lets in-flight sends finish and releases what is left."""
+        """Delivers until `stop` is set, then lets in-flight sends finish, records them and releases what is left."""
         log.info("worker_started", owner=self.owner, concurrency=self.concurrency)
-        listener = asyncio.create_task(self._listen()) if not self.settings.is_sqlite else None
-        next_housekeeping = 0.0
+        helpers = [asyncio.create_task(self._wake_on_stop(stop)), asyncio.create_task(self._wake_on_new_mail())]
+        if not self.settings.is_sqlite:
+            helpers.append(asyncio.create_task(self._listen()))
+        senders = [asyncio.create_task(self._send_loop(stop)) for _ in range(self.concurrency)]
         try:
-            while not stop.is_set():
-                try:
-                    loop_time = asyncio.get_running_loop().time()
-                    if loop_time >= next_housekeeping:
-                        await self._housekeeping()
-                        next_housekeeping = loop_time + HOUSEKEEPING_SECONDS
-                    if await self._claim():
-                        continue
-                except Exception:
-                    # The database went away or is busy: keep the worker alive and try again after a pause.
-                    log.exception("worker_loop_failed", retry_seconds=self.settings.worker_poll_seconds)
-                waiter = asyncio.create_task(self.runtime.outbox_signal.wait(self.settings.worker_poll_seconds))
-                stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+            await self._database_loop(stop)
         finally:
-            if listener:
-                listener.cancel()
-            if self._inflight:
-                await asyncio.wait(self._inflight, timeout=self.settings.worker_lease_seconds)
-            async with self.runtime.sessionmaker() as session:
-                await repository.release(session, self.owner, utcnow())
-                await session.commit()
+            for task in helpers:
+                task.cancel()
+            for _ in senders:
+                self._jobs.put_nowait(None)
+            _, late = await asyncio.wait(senders, timeout=self.settings.worker_lease_seconds)
+            for task in late:
+                task.cancel()
+            try:
+                # Outcomes first: releasing gives back only what is still leased, the messages never sent.
+                await self._write(0, release=True)
+            finally:
+                await self._disconnect()
+                await self._smtp.close()
             log.info("worker_stopped", owner=self.owner)
 
-    async def _claim(self) -> int:
-        free = self.concurrency - len(self._inflight)
-        if free <= 0:
-            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
-            return 1
-        now = utcnow()
-        async with self.runtime.sessionmaker() as session:
-            ids = await repository.claim_due(
-                session, self.owner, now, now + timedelta(seconds=self.settings.worker_lease_seconds), free
-            )
-            await session.commit()
-        for message_id in ids:
-            task = asyncio.create_task(self._deliver(message_id))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-        return len(ids)
+    async def _wake_on_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
 
-    async def _deliver(self, message_id: str) -> None:
+    async def _wake_on_new_mail(self) -> None:
+        """Allows the next claim when mail is queued (a notification) or every poll interval."""
+        while True:
+            await self.runtime.outbox_signal.wait(self.settings.worker_poll_seconds)
+            self._claim_after = 0.0
+            self._wake.set()
+
+    async def _database_loop(self, stop: asyncio.Event) -> None:
+        """All database work of the worker, one transaction at a time: claims, outcomes, housekeeping."""
+        loop = asyncio.get_running_loop()
+        next_housekeeping = 0.0
+        while not stop.is_set():
+            self._wake.clear()
+            now = loop.time()
+            try:
+                if now >= next_housekeeping:
+                    await self._housekeeping()
+                    next_housekeeping = now + HOUSEKEEPING_SECONDS
+                self._smtp.close_idle()
+                room = min(self._max_held - self._held, self._batch)
+                claim = room if room == self._batch and now >= self._claim_after else 0
+                waited = now - self._outcomes_since
+                if (
+                    claim
+                    or self._given_back
+                    or (self._outcomes and (len(self._outcomes) >= self._batch or waited >= RECORD_DELAY))
+                ):
+                    if await self._write(claim) < claim:
+                        self._claim_after = float("inf")  # nothing more is due: wait for new mail or the poll
+                    continue
+            except Exception:
+                # The database went away or is busy: keep the worker alive and try again after a pause.
+                log.exception("worker_loop_failed", retry_seconds=self.settings.worker_poll_seconds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.worker_poll_seconds)
+                continue
+            timer = loop.call_later(RECORD_DELAY - waited, self._wake.set) if self._outcomes else None
+            await self._wake.wait()
+            if timer:
+                timer.cancel()
+
+    async def _write(self, claim: int, release: bool = False) -> int:
+        """One transaction: writes the outcomes finished so far, gives back stale leases, claims up to `claim` more
+        due messages (with their users' mailboxes) and, when `release`, gives back every lease still held.
+
+        Returns how many were claimed. When it fails, the outcomes stay to be written next time.
+        """
+        outcomes, self._outcomes = self._outcomes, []
+        given_back, self._given_back = self._given_back, []
+        messages: list[Row] = []
+        try:
+            conn = await self._connect()
+            lost = await self._record(conn, outcomes, given_back)
+            if claim:
+                now = utcnow()
+                messages = await repository.claim_due(conn, self.owner, now, now + self._lease, claim)
+                mailboxes = await repository.mailboxes(conn, {m.user_pk for m in messages if m.via_mailbox})
+            if release:
+                await repository.release(conn, self.owner, utcnow())
+            await conn.commit()
+        except BaseException:
+            self._outcomes[:0], self._given_back[:0] = outcomes, given_back
+            if outcomes:
+                self._outcomes_since = asyncio.get_running_loop().time()
+            await self._disconnect()
+            raise
+        for outcome in outcomes:
+            if outcome.message.id in lost:
+                log.warning("lease_lost", message=outcome.message.id)
+            else:
+                DELIVERY_OUTCOMES.labels(outcome.message.transport, outcome.outcome).inc()
+        claimed_at = asyncio.get_running_loop().time()
+        self._held += len(messages)
+        for message in messages:
+            self._jobs.put_nowait(_Job(message, mailboxes.get(message.user_pk), claimed_at))
+        return len(messages)
+
+    async def _record(self, conn: AsyncConnection, outcomes: list[_Outcome], given_back: list[str]) -> set[str]:
+        """Writes outcomes and their delivery_attempts rows, and gives back `given_back`; returns the ids of the
+        messages whose lease was lost (another worker took them over), for which nothing is written."""
+        if given_back:
+            await repository.release(conn, self.owner, utcnow(), given_back)
+        if not outcomes:
+            return set()
+        rows = [(o.message.id, o.values) for o in outcomes]
+        attempts = [
+            {
+                "message_pk": o.message.id,
+                "number": o.message.attempts,
+                "transport": o.message.transport,
+                "outcome": o.outcome,
+                "detail": o.detail,
+                "started_at": o.started,
+                "finished_at": o.finished,
+            }
+            for o in outcomes
+        ]
+        if await repository.finish(conn, self.owner, rows, attempts):
+            return set()
+        # Some lease was lost: find out which, one by one.
+        await conn.rollback()
+        if given_back:
+            await repository.release(conn, self.owner, utcnow(), given_back)
+        lost = set()
+        for row, attempt in zip(rows, attempts, strict=True):
+            if not await repository.finish(conn, self.owner, [row], [attempt]):
+                lost.add(row[0])
+        return lost
+
+    async def _connect(self) -> AsyncConnection:
+        """The worker's own database connection, held between transactions rather than taken from the pool."""
+        if self._conn is None:
+            self._conn = await self.runtime.engine.connect()
+        return self._conn
+
+    async def _disconnect(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _send_loop(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self._jobs.get()
+            if job is None or stop.is_set():
+                return  # what is still queued is released when the worker stops
+            try:
+                if loop.time() - job.claimed_at > self.settings.worker_lease_seconds / 2:
+                    # Sends ahead of it were slow: give it back rather than start a send the lease may not cover.
+                    self._given_back.append(job.message.id)
+                else:
+                    await self._deliver(job)
+            finally:
+                self._held -= 1
+                if self._held <= self._max_held - self._batch or len(self._outcomes) >= self._batch or self._given_back:
+                    self._wake.set()
+
+    async def _deliver(self, job: _Job) -> None:
+        message = job.message
         started = utcnow()
         try:
-            async with self.runtime.sessionmaker() as session:
-                loaded = await repository.load_for_delivery(session, message_id, self.owner)
-            if loaded is None:
-                return
-            message, mailbox = loaded
             try:
-                transport, sender = self._transport_for(message, mailbox)
+                transport, sender = self._transport_for(message, job.mailbox)
                 email = outgoing_email(message)
                 try:
                     mime = build_mime(email)
@@ -148,33 +320,25 @@ class DeliveryWorker:
                     await self._check_host(transport.config)
                 result = await transport.send(mime, sender, email.envelope_recipients())
             except Undeliverable as exc:
-                await self._record_failure(message, started, str(exc), "undeliverable")
+                self._record_failure(message, started, str(exc), "undeliverable")
             except PermanentError as exc:
-                await self._record_failure(message, started, exc.message, "permanent_failure")
+                self._record_failure(message, started, exc.message, "permanent_failure")
             except TransientError as exc:
-                await self._record_transient(message, started, exc)
+                self._record_transient(message, started, exc)
             else:
-                await self._record_sent(message, started, result, mime if transport.keeps_copy else None)
+                self._record_sent(message, started, result, mime if transport.keeps_copy else None)
         except Exception:
             # The lease expires and another attempt follows; nothing is lost.
-            log.exception("delivery_crashed", message=message_id)
+            log.exception("delivery_crashed", message=message.id)
 
-    def _transport_for(self, message: Message, mailbox: Mailbox | None) -> tuple[Transport, str]:
+    def _transport_for(self, message: Row, mailbox: Row | None) -> tuple[Transport, str]:
         """The transport the user chose at enqueue time; never another one."""
         if not message.via_mailbox:
             if message.transport == "capture":
                 return self._capture, message.from_address
-            if not self.settings.smtp_host:
+            if self._relay is None:
                 raise Undeliverable("the operator's SMTP relay is no longer configured (EMAILMCP_SMTP_HOST)")
-            config = SmtpConfig(
-                host=self.settings.smtp_host,
-                port=self.settings.smtp_port,
-                security=self.settings.smtp_security,
-                username=self.settings.smtp_username,
-                password=self.settings.smtp_password.get_secret_value() if self.settings.smtp_password else None,
-                ca_file=self._ca_file,
-            )
-            return SmtpTransport(config), message.from_address
+            return SmtpTransport(self._relay, self._smtp), message.from_address
         if mailbox is None or mailbox.type != message.transport:
             raise Undeliverable("mailbox_not_connected")
         if mailbox.status == MailboxStatus.needs_reauth:
@@ -182,20 +346,23 @@ class DeliveryWorker:
         if mailbox.status != MailboxStatus.connected:
             raise Undeliverable("mailbox_not_connected")
         if mailbox.type == MailboxType.smtp:
-            password = None
-            if mailbox.smtp_password:
-                context = SecretContext(Mailbox.__tablename__, "smtp_password", mailbox.tenant_id, mailbox.user_pk)
-                password = self.runtime.vault.decrypt(mailbox.smtp_password, context)
-            config = SmtpConfig(
-                host=mailbox.smtp_host,
-                port=mailbox.smtp_port,
-                security=mailbox.smtp_security,
-                username=mailbox.smtp_username,
-                password=password,
-                ca_file=self._ca_file,
-            )
-            return SmtpTransport(config), mailbox.from_address
+            return SmtpTransport(self._mailbox_config(mailbox), self._smtp), mailbox.from_address
         raise Undeliverable(f"no {mailbox.type} transport is available in this version")
+
+    def _smtp_config(self, mailbox: Row) -> SmtpConfig:
+        """A mailbox's SMTP settings; kept per mailbox row (_mailbox_config), so a changed mailbox gets new ones."""
+        password = None
+        if mailbox.smtp_password:
+            context = SecretContext(Mailbox.__tablename__, "smtp_password", mailbox.tenant_id, mailbox.user_pk)
+            password = self.runtime.vault.decrypt(mailbox.smtp_password, context)
+        return SmtpConfig(
+            host=mailbox.smtp_host,
+            port=mailbox.smtp_port,
+            security=mailbox.smtp_security,
+            username=mailbox.smtp_username,
+            password=password,
+            ca_file=self._ca_file,
+        )
 
     async def _check_host(self, config: SmtpConfig) -> None:
         """Checks a user-supplied host again at send time: DNS may have changed since it was saved."""
@@ -206,28 +373,15 @@ class DeliveryWorker:
         except ValueError as exc:
             raise Undeliverable(f"host_not_allowed: {exc}") from None
 
-    async def _finish(
-        self, message: Message, started: datetime, outcome: str, detail: str | None, values: dict
-    ) -> None:
+    def _finish(self, message: Row, started: datetime, outcome: str, detail: str | None, **values) -> None:
+        """Hands the outcome, with the message's new column values, to the database loop."""
         now = utcnow()
-        attempt = DeliveryAttempt(
-            message_pk=message.id,
-            number=message.attempts,
-            transport=message.transport,
-            outcome=outcome,
-            detail=detail,
-            started_at=started,
-            finished_at=now,
-        )
-        async with self.runtime.sessionmaker() as session:
-            recorded = await repository.finish(session, message.id, self.owner, values | {"updated_at": now}, attempt)
-            await session.commit()
-        if recorded:
-            DELIVERY_OUTCOMES.labels(message.transport, outcome).inc()
-        else:
-            log.warning("lease_lost", message=message.id)
+        if not self._outcomes:
+            self._outcomes_since = asyncio.get_running_loop().time()
+            self._wake.set()
+        self._outcomes.append(_Outcome(message, outcome, detail, started, now, values | {"updated_at": now}))
 
-    async def _record_sent(self, message: Message, started: datetime, result: SendResult, mime: bytes | None) -> None:
+    def _record_sent(self, message: Row, started: datetime, result: SendResult, mime: bytes | None) -> None:
         refused = result.refused or None
         detail = (
             result.response
@@ -235,41 +389,35 @@ class DeliveryWorker:
             else f"{result.response}; refused: "
             + "; ".join(f"{address}: {reason}" for address, reason in refused.items())
         )
-        await self._finish(
+        self._finish(
             message,
             started,
             "sent",
             detail,
-            {
-                "status": MessageStatus.sent,
-                "sent_at": utcnow(),
-                "raw_mime": mime,
-                "refused_recipients": refused,
-                "error": f"some recipients were refused: {', '.join(refused)}" if refused else None,
-            },
+            status=MessageStatus.sent,
+            sent_at=utcnow(),
+            raw_mime=mime,
+            refused_recipients=refused,
+            error=f"some recipients were refused: {', '.join(refused)}" if refused else None,
         )
 
-    async def _record_failure(self, message: Message, started: datetime, reason: str, outcome: str) -> None:
-        await self._finish(message, started, outcome, reason, {"status": MessageStatus.failed, "error": reason})
+    def _record_failure(self, message: Row, started: datetime, reason: str, outcome: str) -> None:
+        self._finish(message, started, outcome, reason, status=MessageStatus.failed, error=reason)
 
-    async def _record_transient(self, message: Message, started: datetime, exc: TransientError) -> None:
+    def _record_transient(self, message: Row, started: datetime, exc: TransientError) -> None:
         if message.attempts >= self.settings.max_attempts:
             reason = f"attempts exhausted after {message.attempts} tries; last error: {exc.message}"
-            await self._finish(
-                message, started, "transient_failure", exc.message, {"status": MessageStatus.failed, "error": reason}
-            )
+            self._finish(message, started, "transient_failure", exc.message, status=MessageStatus.failed, error=reason)
             return
         retry_at = utcnow() + backoff(self.settings, message.attempts, exc.retry_after)
-        await self._finish(
+        self._finish(
             message,
             started,
             "transient_failure",
             exc.message,
-            {
-                "status": MessageStatus.queued,
-                "next_attempt_at": retry_at,
-                "error": f"retrying at {retry_at.isoformat(timespec='seconds')} after: {exc.message}",
-            },
+            status=MessageStatus.queued,
+            next_attempt_at=retry_at,
+            error=f"retrying at {retry_at.isoformat(timespec='seconds')} after: {exc.message}",
         )
 
     async def _housekeeping(self) -> None:
