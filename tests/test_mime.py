@@ -250,6 +250,9 @@ def test_build_is_deterministic_apart_from_boundaries():
 def test_date_keeps_its_offset():
     assert "Date: Tue, 04 Mar 2025 05:06:07 +0200" in header_block(build_mime(outgoing()))
     assert "+0000" in header_block(build_mime(outgoing(date=datetime(2025, 1, 1, tzinfo=UTC))))
+    same_instant = DATE.astimezone(UTC)  # equal to DATE as a datetime, written with its own offset
+    assert "Date: Tue, 04 Mar 2025 03:06:07 +0000" in header_block(build_mime(outgoing(date=same_instant)))
+    assert "Date: Tue, 04 Mar 2025 05:06:07 +0200" in header_block(build_mime(outgoing()))
 
 
 def test_new_message_id():

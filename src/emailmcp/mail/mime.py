@@ -4,7 +4,7 @@ import functools
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email import policy
 from email.header import Header
 from email.headerregistry import Address, HeaderRegistry
@@ -112,6 +112,15 @@ _PLAIN_MESSAGE_ID = re.compile(rf"<{_DOT_ATOM}@{_DOT_ATOM}>")
 _PLAIN_TEXT = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII words, single spaces
 
 
+@functools.lru_cache(maxsize=64)
+def _date_text(second: datetime, offset: timedelta | None) -> str:
+    """What the Date header class writes for a whole second, so messages queued in the same second share it.
+
+    `offset` is part of the key: datetimes for the same instant compare equal whatever their offsets.
+    """
+    return format_datetime(second)
+
+
 def _as_is(name: str, text: str, pattern: re.Pattern = _PLAIN_TEXT) -> bool:
     """Whether the header fits on one line as `text`, with nothing in it to quote or encode."""
     return len(name) + 2 + len(text) <= POLICY.max_line_length and "=?" not in text and bool(pattern.fullmatch(text))
@@ -157,7 +166,7 @@ def build_mime(email: OutgoingEmail) -> bytes:
         else:
             msg[header] = [_address(a) for a in addresses]
     _set(msg, "Subject", email.subject, email.subject)
-    _set(msg, "Date", format_datetime(email.date), email.date)
+    _set(msg, "Date", _date_text(email.date.replace(microsecond=0), email.date.utcoffset()), email.date)
     _set(msg, "Message-ID", email.message_id, email.message_id, _PLAIN_MESSAGE_ID)
     if email.in_reply_to:
         _set(msg, "In-Reply-To", email.in_reply_to, email.in_reply_to)
