@@ -208,6 +208,15 @@ def start_module_server(tmp_path_factory) -> Iterator:
     yield from _starter(tmp_path_factory)
 
 
+def backend_database_url(request) -> str | None:
+    """For a fixture parametrised over BACKENDS: a fresh PostgreSQL database (dropped at teardown), or None."""
+    if request.param != "postgresql":
+        return None
+    database = PostgresDatabase(require_postgres())
+    request.addfinalizer(database.drop)
+    return database.url
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory) -> Iterator[Server]:
     """One shared server per test module and backend; tests make their own tenants for isolation."""

@@ -9,18 +9,14 @@ import asyncio
 import httpx2
 import pytest
 
-from conftest import BACKENDS, PostgresDatabase, require_postgres
+from conftest import BACKENDS, PostgresDatabase, backend_database_url, require_postgres
 
 CAP = 5
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def burst_server(request, start_module_server):
-    database_url = None
-    if request.param == "postgresql":
-        database = PostgresDatabase(require_postgres())
-        request.addfinalizer(database.drop)
-        database_url = database.url
+    database_url = backend_database_url(request)
     return start_module_server(database_url, args=("--no-worker",), EMAILMCP_DAILY_SEND_CAP=str(CAP))
 
 

@@ -9,16 +9,12 @@ from email import policy
 
 import pytest
 
-from conftest import BACKENDS, PostgresDatabase, assert_error, require_postgres
+from conftest import BACKENDS, assert_error, backend_database_url
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def mail_server(request, start_module_server):
-    database_url = None
-    if request.param == "postgresql":
-        database = PostgresDatabase(require_postgres())
-        request.addfinalizer(database.drop)
-        database_url = database.url
+    database_url = backend_database_url(request)
     return start_module_server(database_url, EMAILMCP_RETRY_BASE_SECONDS="0.2", EMAILMCP_WORKER_POLL_SECONDS="0.2")
 
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import create_engine, insert, select
 
-from conftest import BACKENDS, PostgresDatabase, assert_error, require_postgres
+from conftest import BACKENDS, assert_error, backend_database_url
 from emailmcp.mail.models import Message
 from emailmcp.tenancy.models import Tenant
 from emailmcp.users.models import EndUser
@@ -21,11 +21,7 @@ from emailmcp.users.models import EndUser
 @pytest.fixture(scope="module", params=BACKENDS)
 def report_server(request, start_module_server):
     """A server without a worker, so the statuses written here stay as they are."""
-    database_url = None
-    if request.param == "postgresql":
-        database = PostgresDatabase(require_postgres())
-        request.addfinalizer(database.drop)
-        database_url = database.url
+    database_url = backend_database_url(request)
     return start_module_server(database_url, args=("--no-worker",), EMAILMCP_RATE_LIMIT="0")
 
 
