@@ -7,12 +7,13 @@ where they fail: CI must run everything.
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2
@@ -26,6 +27,15 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("EMAILMCP_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("EMAILMCP_TEST_REDIS_URL")
 BACKENDS = ["sqlite", "postgresql"]
+# Gmail configured, with Google's endpoints on a closed port: the OAuth endpoints answer without any network.
+OFFLINE_GOOGLE = {
+    "EMAILMCP_GOOGLE_CLIENT_ID": "emailmcp-tests.apps.example.com",
+    "EMAILMCP_GOOGLE_CLIENT_SECRET": "not-a-real-secret",
+    **{
+        f"EMAILMCP_GOOGLE_{name}_URL": f"http://127.0.0.1:9/{name.lower()}"
+        for name in ("AUTH", "TOKEN", "REVOKE", "USERINFO")
+    },
+}
 
 
 def unavailable(what: str, how: str) -> None:
@@ -183,6 +193,52 @@ class Server:
         return httpx2.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
 
 
+class WorkerProcess:
+    """A standalone `emailmcp worker` against a server's database, with the server's environment."""
+
+    def __init__(self, server: Server, concurrency: int, number: int) -> None:
+        self.log_path = server.workdir / f"worker-{number}.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (open for the process's lifetime)
+        self.process = subprocess.Popen(
+            [EMAILMCP, "worker", "--concurrency", str(concurrency)],
+            cwd=server.workdir,
+            env=server.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def kill(self) -> int:
+        self.process.send_signal(signal.SIGKILL)
+        return self.process.wait(10)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(server: Server, concurrency: int = 8) -> WorkerProcess:
+        worker = WorkerProcess(server, concurrency, len(workers) + 1)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.close()
+
+
 def _starter(tmp_path_factory) -> Iterator:
     servers: list[Server] = []
 
@@ -225,7 +281,7 @@ def server(request, tmp_path_factory) -> Iterator[Server]:
     if request.param == "postgresql":
         database = PostgresDatabase(require_postgres())
         url = database.url
-    instance = Server(tmp_path_factory.mktemp(f"server-{request.param}"), url).start()
+    instance = Server(tmp_path_factory.mktemp(f"server-{request.param}"), url, **OFFLINE_GOOGLE).start()
     yield instance
     instance.stop()
     if database:

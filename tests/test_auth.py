@@ -26,8 +26,13 @@ ROUTES = [
     ("GET", "/v1/messages/{message_id}/raw", "mail"),
     ("GET", "/v1/reports/users/{user_id}", "mail"),
     ("GET", "/v1/reports/summary", "mail"),
+    ("POST", "/v1/oauth/authorize", "mail"),
+    ("POST", "/v1/oauth/callback", "mail"),
+    ("DELETE", "/v1/users/{user_id}/gmail", "admin"),
 ]
-PUBLIC = {("GET", path) for path in ("/", "/health", "/ready", "/metrics", "/docs", "/openapi.json")}
+PUBLIC = {
+    ("GET", path) for path in ("/", "/health", "/ready", "/metrics", "/docs", "/openapi.json", "/v1/oauth/callback")
+}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 PROBE_USER = "authprobe"
 SMTP_MAILBOX = {
@@ -45,6 +50,8 @@ BODIES = {
     ("PUT", "/v1/users/{user_id}/mailbox"): SMTP_MAILBOX,
     ("POST", "/v1/users/{user_id}/messages"): {"to": ["probe@example.com"], "body": "auth probe"},
     ("POST", "/v1/messages"): {"user_id": PROBE_USER, "to": ["probe@example.com"], "body": "auth probe"},
+    ("POST", "/v1/oauth/authorize"): {"user_id": PROBE_USER},
+    ("POST", "/v1/oauth/callback"): {"code": "probe-code", "state": "probe-state"},
 }
 KEY_SCOPES = {"mail": ("mail",), "llm": ("llm",), "admin": ("admin",), "all": ("mail", "llm", "admin")}
 

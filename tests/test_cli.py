@@ -18,7 +18,12 @@ from emailmcp import db
 KEY_LINE = re.compile(r"^emk_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 PROJECT = Path(__file__).resolve().parents[1]
 
-DEFAULTS = {"rate_limit": None, "recipient_domain_allowlist": None, "recipient_domain_denylist": None}
+DEFAULTS = {
+    "rate_limit": None,
+    "recipient_domain_allowlist": None,
+    "recipient_domain_denylist": None,
+    "oauth_return_urls": None,
+}
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *mentions: str) -> str:
@@ -185,6 +190,8 @@ BAD_SETTINGS = [
     (["rate_limit", "--", "-5/minute"], ["rate_limit"]),
     (["rate_limit", "100/fortnight"], ["rate_limit"]),
     (["rate_limit", ""], ["rate_limit"]),
+    (["oauth_return_urls", "javascript:alert(1)"], ["oauth_return_urls", "javascript:alert(1)"]),
+    (["oauth_return_urls", "https://app.example.com/#fragment"], ["oauth_return_urls"]),
 ]
 
 

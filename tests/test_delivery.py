@@ -10,7 +10,6 @@ import base64
 import contextlib
 import os
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -19,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import EMAILMCP, Server, assert_error
+from conftest import Server, assert_error
 from peers.smtp import SmtpSink, certificate
 
 # What every server here needs: the sink is on loopback, and retries must come quickly.
@@ -127,38 +126,6 @@ def attempts_of(message: dict) -> list[tuple[str, str]]:
     return [(attempt["outcome"], attempt["transport"]) for attempt in message["attempt_history"]]
 
 
-class WorkerProcess:
-    """A standalone `emailmcp worker` against a server's database, with the server's environment."""
-
-    def __init__(self, server: Server, concurrency: int, number: int) -> None:
-        self.log_path = server.workdir / f"worker-{number}.log"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115  (open for the process's lifetime)
-        self.process = subprocess.Popen(
-            [EMAILMCP, "worker", "--concurrency", str(concurrency)],
-            cwd=server.workdir,
-            env=server.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def kill(self) -> int:
-        self.process.send_signal(signal.SIGKILL)
-        return self.process.wait(10)
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-
 def socket_owner(local_port: int, remote_port: int, pids: list[int]) -> int | None:
     """Linux: which of `pids` holds the loopback TCP socket 127.0.0.1:local_port -> 127.0.0.1:remote_port."""
     local, remote = f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}"
@@ -210,20 +177,6 @@ class SlowReplySink(SmtpSink):
         reply = await super().handle_DATA(server, session, envelope)
         await asyncio.sleep(self.delay)
         return reply
-
-
-@pytest.fixture
-def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
-    workers: list[WorkerProcess] = []
-
-    def start(server: Server, concurrency: int = 8) -> WorkerProcess:
-        worker = WorkerProcess(server, concurrency, len(workers) + 1)
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.close()
 
 
 # -- a shared server delivering through users' own SMTP mailboxes -------------------------------------------------

@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from conftest import Server
+from conftest import OFFLINE_GOOGLE, Server
 from emailmcp.app import create_app
 from emailmcp.settings import Settings
 
@@ -62,6 +62,10 @@ EXPECTED_OPERATIONS = {
     ("DELETE", "/v1/users/{user_id}/mailbox"),
     ("GET", "/v1/reports/users/{user_id}"),
     ("GET", "/v1/reports/summary"),
+    ("POST", "/v1/oauth/authorize"),
+    ("GET", "/v1/oauth/callback"),
+    ("POST", "/v1/oauth/callback"),
+    ("DELETE", "/v1/users/{user_id}/gmail"),
 }
 
 
@@ -91,6 +95,7 @@ def fuzz_server(tmp_path_factory):
         f"sqlite:///{tmp_path_factory.mktemp('fuzz-db') / 'emailmcp.db'}",
         EMAILMCP_RATE_LIMIT="0",
         EMAILMCP_SMTP_ALLOW_PRIVATE_HOSTS="true",
+        **OFFLINE_GOOGLE,
     ).start()
     yield server
     server.stop()

@@ -11,7 +11,7 @@ from emailmcp.errors import ConfigurationError
 from emailmcp.settings import Settings
 from emailmcp.tenancy.models import Tenant
 from emailmcp.users.models import EndUser, Mailbox
-from emailmcp.vault import DecryptionError, SecretContext, Vault, new_key, parse_keyring, rotate
+from emailmcp.vault import DecryptionError, SecretContext, Vault, new_key, parse_keyring, rotate, secret_columns
 
 SECRET_KEY = b"0123456789abcdef0123456789abcdef0123456789abcdef"
 CONTEXT = SecretContext("mailboxes", "smtp_password", 1, 7)
@@ -306,3 +306,14 @@ async def test_rotate_refuses_a_value_it_cannot_decrypt_and_changes_nothing(engi
         await session.rollback()
     async with sessionmaker() as session:
         assert await _tokens(session) == moved
+
+
+def test_every_stored_credential_is_a_secret_column_that_rotation_covers():
+    """`secrets rotate` finds what to re-encrypt by the columns' `secret` mark: a credential column without it would
+    stay under a retired key."""
+    assert {(table.name, column) for table, column in secret_columns(models.Base.metadata)} == {
+        ("mailboxes", "smtp_password"),
+        ("mailboxes", "oauth_access_token"),
+        ("mailboxes", "oauth_refresh_token"),
+        ("oauth_states", "code_verifier"),
+    }

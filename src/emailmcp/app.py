@@ -15,6 +15,7 @@ from emailmcp.body_limit import BodySizeLimitMiddleware
 from emailmcp.errors import install_error_handlers
 from emailmcp.mail.endpoints import router as messages_router
 from emailmcp.mail.worker import DeliveryWorker
+from emailmcp.oauth.endpoints import router as oauth_router
 from emailmcp.observability import RequestContextMiddleware
 from emailmcp.reports.endpoints import router as reports_router
 from emailmcp.runtime import Runtime, write_private_file
@@ -62,6 +63,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
                 advice="users without a mailbox get their mail captured, not delivered; "
                 "set EMAILMCP_DEFAULT_TRANSPORT=smtp (with EMAILMCP_SMTP_HOST) or none",
             )
+        if settings.google_client_id and not settings.public_url:
+            log.warning(
+                "public_url_unset",
+                callback=settings.oauth_callback_url,
+                advice="set EMAILMCP_PUBLIC_URL to the address browsers reach this server at; Google sends users "
+                "back to <EMAILMCP_PUBLIC_URL>/v1/oauth/callback, which must be registered at Google",
+            )
         log.info("started", database=runtime.engine.dialect.name, worker=run_worker)
         stop = asyncio.Event()
         worker = asyncio.create_task(DeliveryWorker(runtime).run(stop)) if run_worker else None
@@ -82,6 +90,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     install_error_handlers(app)
     app.include_router(system_router)
     app.include_router(users_router)
+    app.include_router(oauth_router)
     app.include_router(messages_router)
     app.include_router(reports_router)
     if settings.cors_origins:

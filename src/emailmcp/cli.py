@@ -92,6 +92,8 @@ def serve(
     from emailmcp.app import create_app
 
     settings = _settings()
+    # The options win over the environment, for everything that derives from them (the OAuth callback URL).
+    settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
     try:
         runtime = Runtime.create(settings)
     except ConfigurationError as exc:
@@ -99,8 +101,8 @@ def serve(
     application = create_app(runtime=runtime, run_worker=not no_worker)
     uvicorn.run(
         application,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=settings.host,
+        port=settings.port,
         log_config=None,
         access_log=False,
         proxy_headers=True,

@@ -2,7 +2,18 @@
 
 from emailmcp.db import Base
 from emailmcp.mail.models import DeliveryAttempt, Message
+from emailmcp.oauth.models import OAuthState
 from emailmcp.tenancy.models import ApiKey, Tenant, TenantSettings
 from emailmcp.users.models import EndUser, Mailbox
 
-__all__ = ["ApiKey", "Base", "DeliveryAttempt", "Message", "EndUser", "Mailbox", "Tenant", "TenantSettings"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "DeliveryAttempt",
+    "Message",
+    "EndUser",
+    "Mailbox",
+    "OAuthState",
+    "Tenant",
+    "TenantSettings",
+]

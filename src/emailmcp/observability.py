@@ -31,6 +31,15 @@ QUEUE_DEPTH = Gauge("emailmcp_messages", "Messages by status (read at scrape tim
 OLDEST_DUE_AGE = Gauge(
     "emailmcp_oldest_due_message_age_seconds", "How long the oldest due message has waited", registry=REGISTRY
 )
+MAILBOXES = Gauge(
+    "emailmcp_mailboxes", "Mailboxes by type and status (read at scrape time)", ["type", "status"], registry=REGISTRY
+)
+TOKEN_REFRESHES = Counter(
+    "emailmcp_gmail_token_refreshes",
+    "Gmail access token refreshes by outcome: refreshed, unavailable, or the provider's error (invalid_grant, ...)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 _API_KEY = re.compile(r"(emk_[a-z0-9]{12}_)[A-Za-z0-9_-]+")
 _SECRET_NAMES = re.compile(r"password|secret|token|authorization|api_key|apikey|credential", re.IGNORECASE)

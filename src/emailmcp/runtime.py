@@ -15,6 +15,8 @@ from emailmcp import db
 from emailmcp.errors import ConfigurationError
 from emailmcp.mail.service import Outbox
 from emailmcp.mail.signal import OutboxSignal
+from emailmcp.oauth.credentials import GmailCredentials
+from emailmcp.oauth.google import GoogleOAuth
 from emailmcp.settings import Settings
 from emailmcp.tenancy import service as tenancy_service
 from emailmcp.tenancy.rate_limit import RateLimiter
@@ -84,6 +86,8 @@ class Runtime:
     keys: KeyVerifier
     outbox: Outbox
     outbox_signal: OutboxSignal
+    google: GoogleOAuth | None  # None until EMAILMCP_GOOGLE_CLIENT_ID is set
+    gmail_credentials: GmailCredentials | None
 
     @classmethod
     def create(cls, settings: Settings) -> "Runtime":
@@ -93,16 +97,20 @@ class Runtime:
         sessionmaker = db.create_sessionmaker(engine)
         key_pepper = derive_key(secret_key, "api-key pepper")
         outbox_signal = OutboxSignal()
+        vault = Vault.from_settings(secret_key, secret_spec)
+        google = GoogleOAuth(settings) if settings.google_client_id else None
         return cls(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
-            vault=Vault.from_settings(secret_key, secret_spec),
+            vault=vault,
             key_pepper=key_pepper,
             rate_limiter=RateLimiter(settings.rate_limit, settings.redis_url),
             keys=KeyVerifier(engine, key_pepper),
             outbox=Outbox(engine, settings, outbox_signal),
             outbox_signal=outbox_signal,
+            google=google,
+            gmail_credentials=GmailCredentials(engine, vault, google) if google else None,
         )
 
     async def migrate(self) -> None:

@@ -46,11 +46,36 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     retention_days: int = Field(default=30, ge=1)
 
+    # Gmail over OAuth 2.0; the endpoints can point at any Google-compatible provider
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
+    google_client_id: str | None = None
+    google_client_secret: SecretStr | None = None
+    google_scopes: Annotated[list[str], NoDecode] = ["openid", "email", "https://www.googleapis.com/auth/gmail.send"]
+    google_auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    google_revoke_url: str = "https://oauth2.googleapis.com/revoke"
+    google_userinfo_url: str = "https://openidconnect.googleapis.com/v1/userinfo"
+    gmail_api_base: str = "https://gmail.googleapis.com"
+    google_timeout_seconds: float = Field(default=10.0, gt=0)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("public_url", "google_client_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("google_scopes", mode="before")
+    @classmethod
+    def _split_scopes(cls, value: object) -> object:
+        """Accepts the space- or comma-separated form of OAuth scope lists."""
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return value.replace(",", " ").split()
         return value
 
     @field_validator("rate_limit")
@@ -71,6 +96,20 @@ class Settings(BaseSettings):
         if self.default_transport == "smtp" and not self.smtp_host:
             raise ValueError("EMAILMCP_DEFAULT_TRANSPORT=smtp needs EMAILMCP_SMTP_HOST (the relay to send through)")
         return self
+
+    @model_validator(mode="after")
+    def _google_needs_a_secret(self) -> "Settings":
+        if self.google_client_id and not self.google_client_secret:
+            raise ValueError(
+                "EMAILMCP_GOOGLE_CLIENT_ID needs EMAILMCP_GOOGLE_CLIENT_SECRET (from the same OAuth client)"
+            )
+        return self
+
+    @property
+    def oauth_callback_url(self) -> str:
+        """The redirect URI registered at Google: where its consent screen sends the user back."""
+        base = (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return f"{base}/v1/oauth/callback"
 
     @cached_property
     def resolved_database_url(self) -> str:

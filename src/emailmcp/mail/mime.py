@@ -134,10 +134,11 @@ def _set(msg: EmailMessage, name: str, text: str, value: object, pattern: re.Pat
         msg[name] = value
 
 
-def build_mime(email: OutgoingEmail) -> bytes:
+def build_mime(email: OutgoingEmail, bcc_header: bool = False) -> bytes:
     """The message as sent: text/plain, multipart/alternative for HTML, multipart/mixed around attachments.
 
-    Bcc recipients never appear in a header; they are only in `envelope_recipients()`. Raises ValueError
+    Bcc recipients are only in `envelope_recipients()`, never in a header, unless `bcc_header` (for a provider
+    such as Gmail that reads recipients from the headers and removes Bcc itself). Raises ValueError
     for a header value with CR or LF, and for a non-ASCII address.
     """
     msg = EmailMessage(policy=POLICY)
@@ -157,7 +158,10 @@ def build_mime(email: OutgoingEmail) -> bytes:
             # non-ASCII display name ("Zoë Zoë" -> "ZoëZoë"); the classic Header encoder splits it correctly.
             name = Header(sender.display_name, "utf-8", header_name="From").encode(linesep="\r\n")
             msg.set_raw("From", f"{name} <{sender.addr_spec}>")
-    for header, addresses in (("To", email.to), ("Cc", email.cc), ("Reply-To", email.reply_to)):
+    headers = [("To", email.to), ("Cc", email.cc), ("Reply-To", email.reply_to)]
+    if bcc_header:
+        headers.insert(2, ("Bcc", email.bcc))
+    for header, addresses in headers:
         if not addresses:
             continue
         text = ", ".join(addresses)

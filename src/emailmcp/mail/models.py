@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from emailmcp.db import Base, UTCDateTime, utcnow
@@ -16,6 +16,14 @@ class Message(Base):
         Index("ix_messages_tenant_user_created_status", "tenant_id", "user_pk", "created_at", "status"),
         Index("ix_messages_tenant_status_created", "tenant_id", "status", "created_at"),
         Index("ix_messages_due", "status", "next_attempt_at"),
+        # Finds the provider's thread of a message a reply answers; only messages with a thread are in it.
+        Index(
+            "ix_messages_user_threaded",
+            "user_pk",
+            "message_id",
+            postgresql_where=text("provider_thread_id IS NOT NULL"),
+            sqlite_where=text("provider_thread_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -52,6 +60,9 @@ class Message(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     raw_mime: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The mail provider's own ids of the sent message (Gmail's message id and thread id); None for SMTP.
+    provider_message_id: Mapped[str | None] = mapped_column(String(64))
+    provider_thread_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -177,6 +177,23 @@ async def mailboxes(conn: AsyncConnection, user_pks: set[int]) -> dict[int, Row]
     return {row.user_pk: row for row in await conn.execute(_MAILBOXES, {"user_pks": list(user_pks)})}
 
 
+_THREADS = select(_messages.c.user_pk, _messages.c.message_id, _messages.c.provider_thread_id).where(
+    _messages.c.provider_thread_id.is_not(None),
+    _messages.c.user_pk.in_(bindparam("user_pks", expanding=True)),
+    _messages.c.message_id.in_(bindparam("message_ids", expanding=True)),
+)
+
+
+async def provider_threads(conn: AsyncConnection, wanted: set[tuple[int, str]]) -> dict[tuple[int, str], str]:
+    """The provider's thread of each (user, Message-ID) that the user sent and the provider put in a thread."""
+    if not wanted:
+        return {}
+    rows = await conn.execute(
+        _THREADS, {"user_pks": list({pk for pk, _ in wanted}), "message_ids": list({mid for _, mid in wanted})}
+    )
+    return {(row.user_pk, row.message_id): row.provider_thread_id for row in rows}
+
+
 async def finish(conn: AsyncConnection, owner: str, outcomes: list[tuple[str, dict]], attempts: list[dict]) -> bool:
     """Records outcomes, (message id, new column values), and their delivery_attempts rows.
 

@@ -122,6 +122,10 @@ class MessageOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    provider_message_id: str | None = Field(default=None, description="Gmail's id of the sent message.")
+    provider_thread_id: str | None = Field(
+        default=None, description="Gmail's thread; replies (in_reply_to) to this message are sent into it."
+    )
 
 
 class MessageDetail(MessageOut):

@@ -327,6 +327,8 @@ def message_out(message: Message | Row, user_id: str) -> MessageOut:
         created_at=message.created_at,
         updated_at=message.updated_at,
         sent_at=message.sent_at,
+        provider_message_id=message.provider_message_id,
+        provider_thread_id=message.provider_thread_id,
     )
 
 

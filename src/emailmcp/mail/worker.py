@@ -21,6 +21,7 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import httpx2
 import structlog
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -32,8 +33,10 @@ from emailmcp.mail.schemas import MessageStatus
 from emailmcp.mail.signal import CHANNEL
 from emailmcp.mail.transports.base import PermanentError, SendResult, TransientError, Transport
 from emailmcp.mail.transports.capture import CaptureTransport
+from emailmcp.mail.transports.gmail import GmailTransport
 from emailmcp.mail.transports.smtp import SmtpConfig, SmtpPool, SmtpTransport
 from emailmcp.network import resolve_public_host
+from emailmcp.oauth.credentials import CredentialsUnavailable, NeedsReauth, NotConnected
 from emailmcp.observability import DELIVERY_OUTCOMES
 from emailmcp.runtime import Runtime
 from emailmcp.users.models import Mailbox
@@ -80,11 +83,21 @@ def outgoing_email(message: Row) -> OutgoingEmail:
     )
 
 
+def _replied_to(message: Row) -> list[tuple[int, str]]:
+    """(user, Message-ID) of the messages a Gmail message answers, the one it replies to first: their thread is
+    the thread it goes into."""
+    if message.transport != MailboxType.gmail:
+        return []
+    replied = [message.in_reply_to, *reversed(message.references or [])]
+    return [(message.user_pk, message_id) for message_id in replied if message_id]
+
+
 @dataclass(slots=True)
 class _Job:
     message: Row  # the messages row as claimed
     mailbox: Row | None  # the sender's mailbox at claim time
     claimed_at: float  # event loop time
+    thread_id: str | None  # the provider's thread this message replies into, when known
 
 
 @dataclass(slots=True)
@@ -114,6 +127,7 @@ class DeliveryWorker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._capture = CaptureTransport()
         self._smtp = SmtpPool()
+        self._gmail_http = httpx2.AsyncClient(timeout=httpx2.Timeout(60.0, connect=10.0))
         self._ca_file = str(self.settings.smtp_ca_file) if self.settings.smtp_ca_file else None
         self._relay = (
             SmtpConfig(
@@ -161,6 +175,7 @@ class DeliveryWorker:
             finally:
                 await self._disconnect()
                 await self._smtp.close()
+                await self._gmail_http.aclose()
             log.info("worker_stopped", owner=self.owner)
 
     async def _wake_on_stop(self, stop: asyncio.Event) -> None:
@@ -217,6 +232,7 @@ class DeliveryWorker:
         outcomes, self._outcomes = self._outcomes, []
         given_back, self._given_back = self._given_back, []
         messages: list[Row] = []
+        threads: dict[tuple[int, str], str] = {}
         try:
             conn = await self._connect()
             lost = await self._record(conn, outcomes, given_back)
@@ -224,6 +240,7 @@ class DeliveryWorker:
                 now = utcnow()
                 messages = await repository.claim_due(conn, self.owner, now, now + self._lease, claim)
                 mailboxes = await repository.mailboxes(conn, {m.user_pk for m in messages if m.via_mailbox})
+                threads = await repository.provider_threads(conn, {key for m in messages for key in _replied_to(m)})
             if release:
                 await repository.release(conn, self.owner, utcnow())
             await conn.commit()
@@ -241,7 +258,8 @@ class DeliveryWorker:
         claimed_at = asyncio.get_running_loop().time()
         self._held += len(messages)
         for message in messages:
-            self._jobs.put_nowait(_Job(message, mailboxes.get(message.user_pk), claimed_at))
+            thread = next((threads[key] for key in _replied_to(message) if key in threads), None)
+            self._jobs.put_nowait(_Job(message, mailboxes.get(message.user_pk), claimed_at, thread))
         return len(messages)
 
     async def _record(self, conn: AsyncConnection, outcomes: list[_Outcome], given_back: list[str]) -> set[str]:
@@ -310,15 +328,21 @@ class DeliveryWorker:
         started = utcnow()
         try:
             try:
-                transport, sender = self._transport_for(message, job.mailbox)
+                transport, sender = self._transport_for(message, job.mailbox, job.thread_id)
                 email = outgoing_email(message)
                 try:
-                    mime = build_mime(email)
+                    mime = build_mime(email, bcc_header=transport.bcc_in_headers)
                 except ValueError as exc:
                     raise Undeliverable(f"the message cannot be built: {exc}") from None
                 if message.via_mailbox and isinstance(transport, SmtpTransport):
                     await self._check_host(transport.config)
                 result = await transport.send(mime, sender, email.envelope_recipients())
+            except NeedsReauth:
+                self._record_failure(message, started, "mailbox_needs_reauth", "undeliverable")
+            except NotConnected:
+                self._record_failure(message, started, "mailbox_not_connected", "undeliverable")
+            except CredentialsUnavailable as exc:
+                self._record_transient(message, started, TransientError(str(exc)))
             except Undeliverable as exc:
                 self._record_failure(message, started, str(exc), "undeliverable")
             except PermanentError as exc:
@@ -331,7 +355,7 @@ class DeliveryWorker:
             # The lease expires and another attempt follows; nothing is lost.
             log.exception("delivery_crashed", message=message.id)
 
-    def _transport_for(self, message: Row, mailbox: Row | None) -> tuple[Transport, str]:
+    def _transport_for(self, message: Row, mailbox: Row | None, thread_id: str | None) -> tuple[Transport, str]:
         """The transport the user chose at enqueue time; never another one."""
         if not message.via_mailbox:
             if message.transport == "capture":
@@ -347,6 +371,14 @@ class DeliveryWorker:
             raise Undeliverable("mailbox_not_connected")
         if mailbox.type == MailboxType.smtp:
             return SmtpTransport(self._mailbox_config(mailbox), self._smtp), mailbox.from_address
+        if mailbox.type == MailboxType.gmail:
+            credentials = self.runtime.gmail_credentials
+            if credentials is None:
+                raise Undeliverable("gmail is not configured on this server (EMAILMCP_GOOGLE_CLIENT_ID)")
+            token = functools.partial(credentials.access_token, mailbox)
+            return GmailTransport(
+                self._gmail_http, self.settings.gmail_api_base, token, thread_id
+            ), mailbox.from_address
         raise Undeliverable(f"no {mailbox.type} transport is available in this version")
 
     def _smtp_config(self, mailbox: Row) -> SmtpConfig:
@@ -398,6 +430,8 @@ class DeliveryWorker:
             sent_at=utcnow(),
             raw_mime=mime,
             refused_recipients=refused,
+            provider_message_id=result.provider_message_id,
+            provider_thread_id=result.provider_thread_id,
             error=f"some recipients were refused: {', '.join(refused)}" if refused else None,
         )
 

@@ -12,8 +12,10 @@ from emailmcp import __version__, db
 from emailmcp.db import utcnow
 from emailmcp.mail import repository as mail_repository
 from emailmcp.mail.schemas import MessageStatus
-from emailmcp.observability import OLDEST_DUE_AGE, QUEUE_DEPTH, REGISTRY
+from emailmcp.observability import MAILBOXES, OLDEST_DUE_AGE, QUEUE_DEPTH, REGISTRY
 from emailmcp.tenancy.dependencies import CurrentRuntime
+from emailmcp.users import repository as users_repository
+from emailmcp.users.schemas import MailboxStatus, MailboxType
 
 router = APIRouter(tags=["system"])
 SERVICE = "emailmcp"
@@ -71,10 +73,15 @@ async def metrics(runtime: CurrentRuntime) -> Response:
         async with runtime.sessionmaker() as session:
             by_status = await mail_repository.count_by_status(session)
             oldest = await mail_repository.oldest_due(session, now)
+            mailboxes = await users_repository.count_mailboxes(session)
     except (SQLAlchemyError, OSError):
         pass
     else:
         for status in MessageStatus:
             QUEUE_DEPTH.labels(status.value).set(by_status.get(status.value, 0))
         OLDEST_DUE_AGE.set((now - oldest).total_seconds() if oldest else 0)
+        for type_ in (MailboxType.smtp, MailboxType.gmail):
+            for status in MailboxStatus:
+                if status != MailboxStatus.not_connected:
+                    MAILBOXES.labels(type_.value, status.value).set(mailboxes.get((type_.value, status.value), 0))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

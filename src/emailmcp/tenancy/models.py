@@ -29,6 +29,7 @@ class TenantSettings(Base):
     rate_limit: Mapped[str | None] = mapped_column(String(100))
     recipient_domain_allowlist: Mapped[list[str] | None] = mapped_column(JSON)
     recipient_domain_denylist: Mapped[list[str] | None] = mapped_column(JSON)
+    oauth_return_urls: Mapped[list[str] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     tenant: Mapped[Tenant] = relationship(back_populates="settings", lazy="raise")

@@ -66,6 +66,7 @@ _KEYS_FOR_AUTH = (
         TenantSettings.rate_limit,
         TenantSettings.recipient_domain_allowlist,
         TenantSettings.recipient_domain_denylist,
+        TenantSettings.oauth_return_urls,
     )
     .join(Tenant, Tenant.id == ApiKey.tenant_id)
     .outerjoin(TenantSettings, TenantSettings.tenant_id == ApiKey.tenant_id)

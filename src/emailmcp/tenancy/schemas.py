@@ -6,6 +6,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, field_validator
 
 TENANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_RETURN_URL = re.compile(r"^https?://[^/?#\s]+(/[^#\s]*)?$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -23,18 +24,32 @@ class TenantSettingsValues(BaseModel):
     rate_limit: str | None = None
     recipient_domain_allowlist: list[str] | None = None
     recipient_domain_denylist: list[str] | None = None
+    oauth_return_urls: list[str] | None = None
 
-    @field_validator("recipient_domain_allowlist", "recipient_domain_denylist", mode="before")
+    @field_validator("recipient_domain_allowlist", "recipient_domain_denylist", "oauth_return_urls", mode="before")
     @classmethod
-    def _domains(cls, value: object) -> object:
-        """Accepts a list or the comma-separated form the CLI passes; domains are kept lower-case."""
+    def _split_commas(cls, value: object) -> object:
+        """Lists also come in the comma-separated form the CLI passes."""
         if isinstance(value, str):
-            value = [part for part in (item.strip() for item in value.split(",")) if part]
-        if isinstance(value, list):
-            for domain in value:
-                if not isinstance(domain, str) or not _DOMAIN.match(domain.lower()):
-                    raise ValueError(f"not a domain name: {domain!r}")
-            return [domain.lower() for domain in value]
+            return [part for part in (item.strip() for item in value.split(",")) if part]
+        return value
+
+    @field_validator("recipient_domain_allowlist", "recipient_domain_denylist")
+    @classmethod
+    def _domains(cls, value: list[str] | None) -> list[str] | None:
+        """Domain names, kept lower-case."""
+        for domain in value or []:
+            if not _DOMAIN.match(domain.lower()):
+                raise ValueError(f"not a domain name: {domain!r}")
+        return [domain.lower() for domain in value] if value is not None else None
+
+    @field_validator("oauth_return_urls")
+    @classmethod
+    def _return_urls(cls, value: list[str] | None) -> list[str] | None:
+        """Where users may be sent back after connecting Gmail: absolute http(s) URLs, compared exactly."""
+        for url in value or []:
+            if not _RETURN_URL.match(url):
+                raise ValueError(f"not an absolute http(s) URL without a fragment: {url!r}")
         return value
 
     @field_validator("rate_limit")

@@ -116,6 +116,7 @@ class KeyVerifier:
                 rate_limit=row.rate_limit,
                 recipient_domain_allowlist=row.recipient_domain_allowlist,
                 recipient_domain_denylist=row.recipient_domain_denylist,
+                oauth_return_urls=row.oauth_return_urls,
             ),
         )
 

@@ -2,6 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
+from emailmcp.oauth import service as gmail
 from emailmcp.openapi import ERROR_RESPONSES
 from emailmcp.tenancy.dependencies import AdminContext, CurrentRuntime, MailContext, Session
 from emailmcp.users import service
@@ -42,8 +43,11 @@ async def get_profile(user_id: UserIdPath, ctx: MailContext, session: Session) -
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_user(user_id: UserIdPath, ctx: AdminContext, session: Session) -> None:
-    """Erases the user and everything of theirs (mailbox and credentials included)."""
+async def delete_user(user_id: UserIdPath, ctx: AdminContext, session: Session, runtime: CurrentRuntime) -> None:
+    """Erases the user and everything of theirs (mailbox and credentials included), revoking their Gmail access
+    at Google first."""
+    grant = gmail.grant_token(ctx, runtime.vault, await service.get_user(session, ctx, user_id))
+    await gmail.revoke_grant(runtime.google, grant)
     await service.delete_user(session, ctx, user_id)
 
 
@@ -57,12 +61,20 @@ async def get_mailbox(user_id: UserIdPath, ctx: MailContext, session: Session) -
 async def set_mailbox(
     user_id: UserIdPath, body: SmtpMailboxIn, ctx: AdminContext, session: Session, runtime: CurrentRuntime
 ) -> MailboxOut:
-    """Sets the user's own SMTP mailbox; the password is encrypted at rest and never returned."""
-    return await service.set_smtp_mailbox(
+    """Sets the user's own SMTP mailbox; the password is encrypted at rest and never returned. A Gmail connection
+    it replaces is revoked at Google."""
+    user = await service.find_user(session, ctx, user_id)
+    grant = gmail.grant_token(ctx, runtime.vault, user) if user else None
+    mailbox = await service.set_smtp_mailbox(
         session, ctx, runtime.vault, user_id, body, runtime.settings.smtp_allow_private_hosts
     )
+    await gmail.revoke_grant(runtime.google, grant)
+    return mailbox
 
 
 @router.delete("/{user_id}/mailbox", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_mailbox(user_id: UserIdPath, ctx: AdminContext, session: Session) -> None:
+async def delete_mailbox(user_id: UserIdPath, ctx: AdminContext, session: Session, runtime: CurrentRuntime) -> None:
+    """Removes the user's mailbox; a Gmail connection is revoked at Google first."""
+    grant = gmail.grant_token(ctx, runtime.vault, await service.get_user(session, ctx, user_id))
     await service.delete_mailbox(session, ctx, user_id)
+    await gmail.revoke_grant(runtime.google, grant)

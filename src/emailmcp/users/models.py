@@ -41,6 +41,12 @@ class Mailbox(Base):
     smtp_security: Mapped[str | None] = mapped_column(String(16))
     smtp_username: Mapped[str | None] = mapped_column(String(320))
     smtp_password: Mapped[str | None] = mapped_column(Text, info={"secret": True})
+    # Gmail: the OAuth tokens, written and refreshed by the oauth package only.
+    oauth_access_token: Mapped[str | None] = mapped_column(Text, info={"secret": True})
+    oauth_refresh_token: Mapped[str | None] = mapped_column(Text, info={"secret": True})
+    oauth_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # While set and in the future, one process is refreshing the access token; the others wait for its result.
+    oauth_refreshing_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     user: Mapped[EndUser] = relationship(back_populates="mailbox", lazy="raise")

@@ -132,3 +132,11 @@ async def sending_stats(session: AsyncSession, ctx: TenantContext, user: EndUser
         )
     ).one()
     return row[0], row[1]
+
+
+async def count_mailboxes(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """Mailboxes of every tenant by (type, status), for /metrics."""
+    rows = await session.execute(
+        select(Mailbox.type, Mailbox.status, func.count()).group_by(Mailbox.type, Mailbox.status)
+    )
+    return {(type_, status): count for type_, status, count in rows.all()}

@@ -67,6 +67,10 @@ async def get_user(session: AsyncSession, ctx: TenantContext, user_id: str) -> E
     return user
 
 
+async def find_user(session: AsyncSession, ctx: TenantContext, user_id: str) -> EndUser | None:
+    return await repository.get_user(session, ctx, user_id)
+
+
 async def ensure_user(session: AsyncSession, ctx: TenantContext, user_id: str) -> EndUser:
     """The tenant's user with this id, created if it does not exist yet (implicit creation).
 
@@ -189,6 +193,10 @@ async def set_smtp_mailbox(
         smtp_security=data.security.value,
         smtp_username=data.username,
         smtp_password=password,
+        oauth_access_token=None,
+        oauth_refresh_token=None,
+        oauth_expires_at=None,
+        oauth_refreshing_until=None,
     )
     await session.commit()
     return mailbox_out(mailbox)

@@ -9,6 +9,8 @@ class SendResult:
     accepted: list[str]
     refused: dict[str, str]  # recipient -> the server's reply, for recipients refused while others were accepted
     response: str  # the server's final reply text, or "captured"
+    provider_message_id: str | None = None  # the provider's own ids of the sent message (Gmail's id and threadId)
+    provider_thread_id: str | None = None
 
 
 class TransportError(Exception):
@@ -34,5 +36,6 @@ class PermanentError(TransportError):
 class Transport(Protocol):
     name: str
     keeps_copy: bool  # True only for capture: the worker then stores the MIME for GET /v1/messages/{id}/raw
+    bcc_in_headers: bool  # the provider takes recipients from the headers (and strips Bcc) rather than an envelope
 
     async def send(self, mime: bytes, sender: str, recipients: list[str]) -> SendResult: ...

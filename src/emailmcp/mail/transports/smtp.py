@@ -175,6 +175,7 @@ class SmtpPool:
 class SmtpTransport:
     name = "smtp"
     keeps_copy = False
+    bcc_in_headers = False
 
     def __init__(self, config: SmtpConfig, pool: SmtpPool | None = None) -> None:
         self.config = config
