@@ -3,7 +3,9 @@ driven like a browser through login and consent, a real `emailmcp serve` process
 send endpoint (tests/peers/gmail.py) that checks the bearer token at the provider and relays to an SMTP sink.
 """
 
+import base64
 import hashlib
+import json
 import sqlite3
 import time
 import uuid
@@ -24,6 +26,7 @@ from conftest import (
     assert_error,
     require_postgres,
 )
+from emailmcp.oauth.google import id_token_email
 from emailmcp.vault import SecretContext, Vault
 from peers.browser import authorize_in_browser
 from peers.gmail import FakeGmail
@@ -62,10 +65,12 @@ class Stack:
             return cursor.fetchall() if cursor.description else []
 
 
-def start_stack(workdir: Path, sink: SmtpSink, database_url: str | None, **env: str) -> Stack:
+def start_stack(
+    workdir: Path, sink: SmtpSink, database_url: str | None, id_token_email: bool = True, **env: str
+) -> Stack:
     """A server whose Google is the local provider and whose Gmail API is the fake."""
     server = Server(workdir, database_url, **FAST_RETRIES, **env)
-    oidc = OidcProvider([f"{server.url}/v1/oauth/callback"]).start()
+    oidc = OidcProvider([f"{server.url}/v1/oauth/callback"], id_token_email=id_token_email).start()
     gmail = FakeGmail(oidc, sink.host, sink.port).start()
     server.env.update(oidc.emailmcp_env())
     server.env.update({"EMAILMCP_GMAIL_API_BASE": gmail.api_base, "EMAILMCP_PUBLIC_URL": server.url})
@@ -353,6 +358,32 @@ def test_tokens_are_stored_encrypted(stack, client):
         assert token.encode() not in dump
 
 
+def test_the_address_comes_from_userinfo_when_the_id_token_has_none(tmp_path_factory, module_sink):
+    stack = start_stack(tmp_path_factory.mktemp("gmail-userinfo"), module_sink, None, id_token_email=False)
+    try:
+        with stack.server.client(stack.server.bootstrap_key) as client:
+            profile = connect(stack, client, unique_user(), "info@example.com")
+            assert profile["email_address"] == "info@example.com"
+    finally:
+        stop_stack(stack)
+
+
+def test_a_permission_left_ungranted_connects_nothing_and_gives_the_grant_back(tmp_path_factory, module_sink):
+    """The provider knows nothing of one requested scope, so it is not granted: as when a Google user unticks it."""
+    scopes = "openid email https://www.googleapis.com/auth/gmail.send https://www.googleapis.com/auth/gmail.labels"
+    stack = start_stack(tmp_path_factory.mktemp("gmail-scope"), module_sink, None, EMAILMCP_GOOGLE_SCOPES=scopes)
+    try:
+        with stack.server.client(stack.server.bootstrap_key) as client:
+            user = unique_user()
+            response = open_callback(consent(stack, client, user, "partial@example.com"))
+            assert response.status_code == 400
+            assert "gmail.labels" in response.text and "not granted" in response.text
+            assert mailbox(client, user)["status"] == "not_connected"
+        stack.oidc.wait_for_event(lambda event: event["event"] == "revocation.success")
+    finally:
+        stop_stack(stack)
+
+
 # -- delivery with tokens that expire, are refused or are revoked --------------------------------------------------
 
 
@@ -529,3 +560,29 @@ def test_two_workers_refresh_a_shared_token_once(tmp_path_factory, module_sink):
             worker.close()
         stop_stack(stack)
         database.drop()
+
+
+def _id_token(claims: dict) -> str:
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.signature"
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ({"aud": "client-1", "email": "Ada@Example.com", "email_verified": True}, "ada@example.com"),
+        ({"aud": ["other", "client-1"], "email": "ada@example.com", "email_verified": "true"}, "ada@example.com"),
+        ({"aud": "someone-else", "email": "ada@example.com", "email_verified": True}, None),
+        ({"aud": "client-1", "email": "ada@example.com", "email_verified": False}, None),
+        ({"aud": "client-1"}, None),
+    ],
+)
+def test_only_a_verified_address_for_this_client_is_taken_from_an_id_token(claims, expected):
+    assert id_token_email(_id_token(claims), "client-1") == expected
+
+
+@pytest.mark.parametrize("token", [None, "", "not-a-jwt", "a.!!!.c", "a.bm90IGpzb24.c", "a.MQ.c"])
+def test_an_unreadable_id_token_yields_no_address(token):
+    assert id_token_email(token, "client-1") is None

@@ -89,9 +89,10 @@ class OidcProvider:
 
     host = "127.0.0.1"
 
-    def __init__(self, redirect_uris: list[str], access_token_ttl: int = 3600) -> None:
+    def __init__(self, redirect_uris: list[str], access_token_ttl: int = 3600, id_token_email: bool = True) -> None:
         self.redirect_uris = list(redirect_uris)
         self.access_token_ttl = access_token_ttl
+        self.id_token_email = id_token_email  # False: the address is only in the userinfo answer
         self.client_id = f"emailmcp-test-{secrets.token_hex(6)}.apps.example.com"
         self.client_secret = secrets.token_urlsafe(24)
         self.port = 0
@@ -121,6 +122,7 @@ class OidcProvider:
             "OIDC_CLIENT_SECRET": self.client_secret,
             "OIDC_REDIRECT_URIS": ",".join(self.redirect_uris),
             "OIDC_ACCESS_TOKEN_TTL": str(self.access_token_ttl),
+            "OIDC_ID_TOKEN_EMAIL": "1" if self.id_token_email else "0",
             "NODE_ENV": "development",
         }
         env.pop("DEBUG", None)

@@ -127,7 +127,10 @@ class DeliveryWorker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._capture = CaptureTransport()
         self._smtp = SmtpPool()
-        self._gmail_http = httpx2.AsyncClient(timeout=httpx2.Timeout(60.0, connect=10.0))
+        self._gmail_http = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(60.0, connect=10.0),
+            limits=httpx2.Limits(max_connections=None, max_keepalive_connections=concurrency),
+        )
         self._ca_file = str(self.settings.smtp_ca_file) if self.settings.smtp_ca_file else None
         self._relay = (
             SmtpConfig(

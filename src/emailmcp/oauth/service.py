@@ -66,10 +66,6 @@ def _state_id(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()
 
 
-def _secret(tenant_id: int, row_id: str | int, table: str, column: str) -> SecretContext:
-    return SecretContext(table, column, tenant_id, row_id)
-
-
 async def start_authorization(
     session: AsyncSession, ctx: TenantContext, google: GoogleOAuth | None, vault: Vault, data: AuthorizeIn
 ) -> AuthorizeOut:
@@ -94,7 +90,7 @@ async def start_authorization(
         user_pk=user.id,
         return_url=data.redirect_uri,
         code_verifier=vault.encrypt(
-            code_verifier, _secret(ctx.tenant_id, state_id, OAuthState.__tablename__, "code_verifier")
+            code_verifier, SecretContext(OAuthState.__tablename__, "code_verifier", ctx.tenant_id, state_id)
         ),
         api_key_id=ctx.key_id,
         created_at=now,
@@ -146,7 +142,7 @@ async def complete_authorization(
     if not code:
         raise fail("invalid_request", "The request carries no authorization code.")
     code_verifier = vault.decrypt(
-        taken.code_verifier, _secret(taken.tenant_id, taken.id, OAuthState.__tablename__, "code_verifier")
+        taken.code_verifier, SecretContext(OAuthState.__tablename__, "code_verifier", taken.tenant_id, taken.id)
     )
     tokens, email = await _exchange(google, code, code_verifier, fail)
     mailbox = await _connect(session, ctx, vault, user, tokens, email)
@@ -178,7 +174,7 @@ async def _exchange(google: GoogleOAuth, code: str, code_verifier: str, fail) ->
     if missing:
         problem = fail(
             "scope_not_granted",
-            f"The permission to send email was not granted ({', '.join(missing)}): connect again and allow it.",
+            f"These permissions were not granted: {', '.join(missing)}. Connect again and allow them.",
         )
     elif not tokens.refresh_token:
         problem = fail("no_refresh_token", "Google gave no refresh token: remove the app's access and connect again.")
@@ -197,7 +193,7 @@ async def _connect(
     session: AsyncSession, ctx: TenantContext, vault: Vault, user: EndUser, tokens: Tokens, email: str
 ) -> MailboxOut:
     def encrypt(column: str, value: str) -> str:
-        return vault.encrypt(value, _secret(ctx.tenant_id, user.id, Mailbox.__tablename__, column))
+        return vault.encrypt(value, SecretContext(Mailbox.__tablename__, column, ctx.tenant_id, user.id))
 
     mailbox = await users_repository.save_mailbox(
         session,
@@ -240,7 +236,9 @@ def grant_token(ctx: TenantContext, vault: Vault, user: EndUser) -> str | None:
         return None
     column = "oauth_refresh_token" if mailbox.oauth_refresh_token else "oauth_access_token"
     stored = getattr(mailbox, column)
-    return vault.decrypt(stored, _secret(ctx.tenant_id, user.id, Mailbox.__tablename__, column)) if stored else None
+    return (
+        vault.decrypt(stored, SecretContext(Mailbox.__tablename__, column, ctx.tenant_id, user.id)) if stored else None
+    )
 
 
 async def revoke_grant(google: GoogleOAuth | None, token: str | None) -> bool:

@@ -7,6 +7,7 @@
 //   OIDC_CLIENT_SECRET      its secret
 //   OIDC_REDIRECT_URIS      comma-separated, exact redirect URIs registered for the client
 //   OIDC_ACCESS_TOKEN_TTL   access token lifetime in seconds (default 3600)
+//   OIDC_ID_TOKEN_EMAIL     "0": the ID token carries sub only, the address comes from userinfo (default "1")
 //
 // stdout carries only machine-readable lines: exactly one `READY <issuer>` once listening, then one JSON object per
 // event ({"event": ..., ...}). Everything else (oidc-provider's notices and warnings) goes to stderr.
@@ -57,6 +58,7 @@ const clientId = required('OIDC_CLIENT_ID');
 const clientSecret = required('OIDC_CLIENT_SECRET');
 const redirectUris = required('OIDC_REDIRECT_URIS').split(',').map((uri) => uri.trim()).filter(Boolean);
 const accessTokenTTL = Number.parseInt(process.env.OIDC_ACCESS_TOKEN_TTL || '3600', 10);
+const idTokenEmail = (process.env.OIDC_ID_TOKEN_EMAIL || '1') !== '0';
 const issuer = `http://127.0.0.1:${port}`;
 
 const GMAIL_SEND = 'https://www.googleapis.com/auth/gmail.send';
@@ -90,7 +92,7 @@ const provider = new Provider(issuer, {
     openid: ['sub'],
     email: ['email', 'email_verified'],
   },
-  conformIdTokenClaims: false,
+  conformIdTokenClaims: !idTokenEmail,
   extraParams: ['access_type', 'include_granted_scopes'],
   pkce: {
     required: () => true,
