@@ -24,7 +24,7 @@ test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-installed
-	$(BIN)/python -m ruff check src tests bench
+	$(BIN)/python -m ruff check src tests bench examples
 
 # Re-pin every dependency to the newest allowed versions (run after changing pyproject.toml).
 lock:

@@ -16,8 +16,8 @@ A. Delivery. Each round fills the outbox with N sends over HTTP for the connecte
    plain httpx2.AsyncClient loop, in a process of its own, posting N requests with the same JSON body (the raw
    MIME of a message the worker sent) and the same bearer header to the same stand-in at the same concurrency,
    over a keep-alive connection pool of C connections, as the worker keeps one per sender. Rates run from the
-   stand-in's first to its N-th message, so process start-up (shown apart) is left out; CPU columns are the sender's and the
-   stand-in's CPU time over that window per message (Linux /proc).
+   stand-in's first to its N-th message, so process start-up (shown apart) is left out; CPU columns are the
+   sender's and the stand-in's CPU time over that window per message (Linux /proc).
 B. Token refresh. After the rounds, the stored access token's expiry is set to the past in the database and N
    more messages are queued; one more worker drains them. It must refresh exactly once (the provider's count of
    refresh_token grants grows by exactly 1, and the stand-in sees one new bearer token). Only that worker runs

@@ -26,6 +26,16 @@ from pathlib import Path
 
 import httpx2
 
+# What /llm/inference is driven with (bench/planner.py): a mix of the requests people make.
+INFERENCE_PROMPTS = [
+    "Send an email to dana@example.com saying the draft is ready for review",
+    "How many emails did I send in the last 7 days?",
+    "email chris@example.org with subject Standup moved and body Standup is at 10:30 today",
+    "Which emails could not be delivered?",
+    "Send the weekly analytics to manager@example.com",
+    "Is my email account connected?",
+]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -51,6 +61,12 @@ async def drive(url: str, key: str, endpoint: str, seconds: float, concurrency: 
                     response = await client.get("/health")
                 elif endpoint == "profile":
                     response = await client.get("/v1/users/bench-user/profile")
+                elif endpoint == "inference":
+                    i += 1
+                    prompt = INFERENCE_PROMPTS[i % len(INFERENCE_PROMPTS)]
+                    response = await client.post(
+                        "/llm/inference", json={"prompt": prompt, "user_id": "bench-user"}, headers={"X-API-Key": key}
+                    )
                 else:
                     i += 1
                     response = await client.post("/v1/users", json={"user_id": f"u-{n}-{i % 50}"})
@@ -81,13 +97,8 @@ def run_load(url: str, key: str, endpoint: str, seconds: float, concurrency: int
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-
+def start_server() -> tuple[str, str, subprocess.Popen, Path]:
+    """`emailmcp serve` on a fresh data dir (or EMAILMCP_BENCH_DATABASE_URL), rate limits off, with a user."""
     workdir = Path(tempfile.mkdtemp(prefix="emailmcp-bench-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -104,22 +115,36 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        for _ in range(300):
-            try:
-                if httpx2.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.1)
-        key = (workdir / "data" / "bootstrap-key").read_text().strip()
-        httpx2.post(f"{url}/v1/users", json={"user_id": "bench-user"}, headers={"Authorization": f"Bearer {key}"})
+    for _ in range(300):
+        try:
+            if httpx2.get(f"{url}/health").status_code == 200:
+                break
+        except httpx2.TransportError:
+            time.sleep(0.1)
+    key = (workdir / "data" / "bootstrap-key").read_text().strip()
+    httpx2.post(f"{url}/v1/users", json={"user_id": "bench-user"}, headers={"Authorization": f"Bearer {key}"})
+    return url, key, server, workdir
 
+
+def database_name() -> str:
+    return "PostgreSQL" if os.environ.get("EMAILMCP_BENCH_DATABASE_URL") else "SQLite"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    url, key, server, workdir = start_server()
+    try:
         results: dict[str, list[tuple[float, float, float, int]]] = {"baseline": [], "profile": [], "upsert": []}
         for _ in range(args.rounds):
             for endpoint in results:
                 results[endpoint].append(run_load(url, key, endpoint, args.seconds, args.concurrency))
 
-        database = "PostgreSQL" if "EMAILMCP_DATABASE_URL" in env else "SQLite"
+        database = database_name()
         print(
             f"{time.strftime('%Y-%m-%d')}  {platform.machine()}  {os.cpu_count()} cores  "
             f"Python {platform.python_version()}  {database}"

@@ -188,8 +188,9 @@ class Server:
             args += ["--scope", scope]
         return self.cli(*args).stdout.strip().splitlines()[-1]
 
-    def client(self, key: str | None = None, **kwargs) -> httpx2.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+    def client(self, key: str | None = None, headers: dict[str, str] | None = None, **kwargs) -> httpx2.Client:
+        """An HTTP client for this server; `key` goes in Authorization: Bearer."""
+        headers = ({"Authorization": f"Bearer {key}"} if key else {}) | (headers or {})
         return httpx2.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
 
 

@@ -53,6 +53,16 @@ BODIES = {
     ("POST", "/v1/oauth/authorize"): {"user_id": PROBE_USER},
     ("POST", "/v1/oauth/callback"): {"code": "probe-code", "state": "probe-state"},
 }
+# The agent endpoints take the key in X-API-Key (llm scope); execute-action also needs a mail key (X-MCP-API-Key).
+LLM_ROUTES = [
+    ("GET", "/llm/capabilities", "llm"),
+    ("POST", "/llm/inference", "llm"),
+    ("POST", "/llm/execute-action", "llm"),
+]
+LLM_BODIES = {
+    "/llm/inference": {"prompt": "how many emails did I send today?", "user_id": PROBE_USER},
+    "/llm/execute-action": {"action_type": "check_status", "user_id": PROBE_USER},
+}
 KEY_SCOPES = {"mail": ("mail",), "llm": ("llm",), "admin": ("admin",), "all": ("mail", "llm", "admin")}
 
 
@@ -125,7 +135,7 @@ def test_route_table_covers_every_operation(server):
             if method in HTTP_METHODS:
                 operations[(method.upper(), path)] = operation
     authenticated = {op for op in operations if op not in PUBLIC}
-    table = {(method, path) for method, path, _ in ROUTES}
+    table = {(method, path) for method, path, _ in ROUTES + LLM_ROUTES}
     assert authenticated - table == set(), "operations without an entry in ROUTES: add them with their scope"
     assert table - authenticated == set(), "ROUTES lists operations the app does not have"
     for op in table:
@@ -288,3 +298,38 @@ def test_tenants_are_isolated(start_server, make_database, backend):
         assert a.get("/v1/users/user123/mailbox").json() == mailbox_a
         users_a = a.get("/v1/users").json()["users"]
         assert [(u["user_id"], u["email"]) for u in users_a] == [("user123", "a-secret@example.com")]
+
+
+def call_llm(client, route, headers: dict | None = None):
+    method, path, _ = route
+    return client.request(method, path, json=LLM_BODIES.get(path), headers=headers)
+
+
+@pytest.mark.parametrize("route", LLM_ROUTES, ids=route_id)
+def test_llm_endpoints_take_an_llm_key_in_x_api_key(server, keys, route):
+    with server.client() as client:
+        missing = call_llm(client, route, {"X-MCP-API-Key": keys["all"]})
+        assert_error(missing, 401)
+        assert "X-API-Key" in missing.headers["www-authenticate"]
+        assert_error(call_llm(client, route, {"X-API-Key": unknown_key()}), 401, "invalid_api_key")
+        assert_error(call_llm(client, route, {"X-API-Key": keys["revoked"]}), 401, "invalid_api_key")
+        # A bearer key is not an llm key, whatever its scopes.
+        assert_error(call_llm(client, route, {"Authorization": f"Bearer {keys['all']}"}), 401)
+        assert_error(call_llm(client, route, {"X-API-Key": keys["mail"]}), 403, "insufficient_scope")
+        both = {"X-API-Key": keys["llm"], "X-MCP-API-Key": keys["mail"]}
+        assert call_llm(client, route, both).status_code == 200
+
+
+def test_execute_action_needs_a_mail_key_of_the_same_tenant(server, keys, tenant_name):
+    route = ("POST", "/llm/execute-action", "llm")
+    other_tenant_mail = server.create_key(tenant_name, "mail")
+    with server.client() as client:
+        without = call_llm(client, route, {"X-API-Key": keys["llm"]})
+        assert_error(without, 401)
+        assert_bearer_challenge(without)
+        llm_as_mail = call_llm(client, route, {"X-API-Key": keys["llm"], "X-MCP-API-Key": keys["llm"]})
+        assert_error(llm_as_mail, 403, "insufficient_scope")
+        mixed = call_llm(client, route, {"X-API-Key": keys["llm"], "X-MCP-API-Key": other_tenant_mail})
+        assert_error(mixed, 403, "tenant_mismatch")
+        bearer = call_llm(client, route, {"X-API-Key": keys["llm"], "Authorization": f"Bearer {keys['mail']}"})
+        assert bearer.status_code == 200, bearer.text

@@ -66,6 +66,9 @@ EXPECTED_OPERATIONS = {
     ("GET", "/v1/oauth/callback"),
     ("POST", "/v1/oauth/callback"),
     ("DELETE", "/v1/users/{user_id}/gmail"),
+    ("GET", "/llm/capabilities"),
+    ("POST", "/llm/inference"),
+    ("POST", "/llm/execute-action"),
 }
 
 
@@ -127,7 +130,11 @@ def test_fuzzed_schema_is_the_served_one(fuzz_server):
 def test_api_conforms_to_its_schema(case, fuzz_server):
     case.call_and_validate(
         base_url=fuzz_server.url,
-        headers={"Authorization": f"Bearer {fuzz_server.bootstrap_key}"},
+        headers={
+            "Authorization": f"Bearer {fuzz_server.bootstrap_key}",
+            "X-API-Key": fuzz_server.bootstrap_key,
+            "X-MCP-API-Key": fuzz_server.bootstrap_key,
+        },
         checks=CHECKS,
         timeout=30,
     )

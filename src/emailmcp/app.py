@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from emailmcp import __version__
 from emailmcp.body_limit import BodySizeLimitMiddleware
 from emailmcp.errors import install_error_handlers
+from emailmcp.llm.endpoints import router as llm_router
 from emailmcp.mail.endpoints import router as messages_router
 from emailmcp.mail.worker import DeliveryWorker
 from emailmcp.oauth.endpoints import router as oauth_router
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     app.include_router(oauth_router)
     app.include_router(messages_router)
     app.include_router(reports_router)
+    app.include_router(llm_router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

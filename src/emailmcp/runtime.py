@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from emailmcp import db
 from emailmcp.errors import ConfigurationError
+from emailmcp.llm.service import Planners
 from emailmcp.mail.service import Outbox
 from emailmcp.mail.signal import OutboxSignal
 from emailmcp.oauth.credentials import GmailCredentials
@@ -88,6 +89,7 @@ class Runtime:
     outbox_signal: OutboxSignal
     google: GoogleOAuth | None  # None until EMAILMCP_GOOGLE_CLIENT_ID is set
     gmail_credentials: GmailCredentials | None
+    planners: Planners
 
     @classmethod
     def create(cls, settings: Settings) -> "Runtime":
@@ -111,6 +113,7 @@ class Runtime:
             outbox_signal=outbox_signal,
             google=google,
             gmail_credentials=GmailCredentials(engine, vault, google) if google else None,
+            planners=Planners(settings),
         )
 
     async def migrate(self) -> None:
@@ -130,4 +133,5 @@ class Runtime:
         """Answers what is still being accepted, then closes the database."""
         await self.outbox.close()
         await self.keys.close()
+        await self.planners.close()
         await self.engine.dispose()

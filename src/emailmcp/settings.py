@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     retention_days: int = Field(default=30, ge=1)
 
+    # Planning actions from prompts (/llm/inference)
+    llm_provider: Literal["rules", "openai", "anthropic"] = "rules"
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_timeout_seconds: float = Field(default=30.0, gt=0)
+    llm_fallback: Literal["none", "rules"] = "none"
+    llm_max_prompt_chars: int = Field(default=4000, ge=1, le=100_000)
+
     # Gmail over OAuth 2.0; the endpoints can point at any Google-compatible provider
     public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
     google_client_id: str | None = None
@@ -65,7 +74,7 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("public_url", "google_client_id", mode="before")
+    @field_validator("public_url", "google_client_id", "llm_base_url", "llm_model", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -95,6 +104,12 @@ class Settings(BaseSettings):
     def _relay_needs_a_host(self) -> "Settings":
         if self.default_transport == "smtp" and not self.smtp_host:
             raise ValueError("EMAILMCP_DEFAULT_TRANSPORT=smtp needs EMAILMCP_SMTP_HOST (the relay to send through)")
+        return self
+
+    @model_validator(mode="after")
+    def _llm_needs_a_model(self) -> "Settings":
+        if self.llm_provider != "rules" and not self.llm_model:
+            raise ValueError(f"EMAILMCP_LLM_PROVIDER={self.llm_provider} needs EMAILMCP_LLM_MODEL (e.g. gpt-4o-mini)")
         return self
 
     @model_validator(mode="after")

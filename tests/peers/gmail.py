@@ -36,7 +36,6 @@ import email.utils
 import json
 import re
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,12 +45,12 @@ from typing import Any
 
 import aiosmtplib
 import httpx2
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from peers.asgi import ThreadedServer
 from peers.oidc import OidcProvider
 
 SEND_SCOPES = frozenset(
@@ -179,56 +178,32 @@ def remove_header(raw: bytes, name: str) -> bytes:
 class FakeGmail:
     """The fake Gmail API on a loopback port of its own, served by uvicorn in a background thread."""
 
-    host = "127.0.0.1"
-
     def __init__(self, oidc: OidcProvider, smtp_host: str, smtp_port: int) -> None:
         self.oidc = oidc
         self.smtp_host = smtp_host
         self.smtp_port = smtp_port
-        self.port = 0
-        self.api_base = ""
         self.requests: list[GmailRequest] = []
         self._faults: list[tuple[int, int | None]] = []
         self._threads: dict[str, set[str]] = {}  # account -> thread ids seen
         self._changed = threading.Condition()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
         self.app = Starlette(
             routes=[Route("/gmail/v1/users/{user_id}/messages/send", self._send, methods=["POST"])],
         )
+        self._http = ThreadedServer(self.app, "fake-gmail")
+
+    @property
+    def api_base(self) -> str:
+        """What EMAILMCP_GMAIL_API_BASE is set to."""
+        return self._http.url
 
     # Lifecycle.
 
     def start(self) -> "FakeGmail":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))  # a new free port the first time, the same one on a restart
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        self.api_base = f"http://{self.host}:{self.port}"
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="fake-gmail", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the fake Gmail API did not start")
-            time.sleep(0.01)
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
+        self._http.stop()
 
     def __enter__(self) -> "FakeGmail":
         return self.start()

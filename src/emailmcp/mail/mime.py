@@ -1,5 +1,6 @@
 """Turns an outgoing email into RFC 5322 bytes, and HTML into readable plain text."""
 
+import base64
 import functools
 import re
 import secrets
@@ -194,6 +195,31 @@ def build_mime(email: OutgoingEmail, bcc_header: bool = False) -> bytes:
         if part is not msg:
             del part["MIME-Version"]
     return msg.as_bytes(policy=POLICY)
+
+
+def outgoing_email(message) -> OutgoingEmail:
+    """The email of a messages row (or anything with its attributes)."""
+    html = message.body if message.body_type == "html" else None
+    text_body = (message.text_body or html_to_text(message.body or "")) if html is not None else message.body
+    return OutgoingEmail(
+        message_id=message.message_id,
+        from_address=message.from_address,
+        from_name=message.from_name,
+        to=message.to,
+        cc=message.cc,
+        bcc=message.bcc,
+        reply_to=message.reply_to,
+        subject=message.subject,
+        text_body=text_body,
+        html_body=html,
+        in_reply_to=message.in_reply_to,
+        references=message.references,
+        attachments=[
+            Attachment(a["filename"], a["content_type"], base64.b64decode(a["content_base64"]))
+            for a in message.attachments or []
+        ],
+        date=message.created_at,
+    )
 
 
 def new_message_id(domain: str) -> str:

@@ -91,6 +91,16 @@ class SendRequest(MessageContent):
     user_id: UserId
 
 
+class SendPreview(BaseModel):
+    """What a send would do, from a dry run: nothing is stored or sent."""
+
+    transport: str = Field(description="gmail, smtp or the operator's default transport.")
+    from_address: str
+    recipients: list[str] = Field(description="Everyone it would be delivered to: to, cc and bcc.")
+    headers: dict[str, str] = Field(description="The message's headers as they would be sent (Bcc never is).")
+    size_bytes: int = Field(description="The size of the MIME message.")
+
+
 class DeliveryAttemptOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -12,6 +12,8 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.parser import BytesHeaderParser
+from types import SimpleNamespace
 
 import structlog
 from sqlalchemy import Row
@@ -22,7 +24,7 @@ from emailmcp.batching import Batcher, Pending
 from emailmcp.db import utcnow
 from emailmcp.errors import APIError, InvalidField, NotFound
 from emailmcp.mail import repository
-from emailmcp.mail.mime import new_message_id
+from emailmcp.mail.mime import POLICY, build_mime, new_message_id, outgoing_email
 from emailmcp.mail.models import Message
 from emailmcp.mail.schemas import (
     PENDING_STATUSES,
@@ -33,6 +35,7 @@ from emailmcp.mail.schemas import (
     MessageOut,
     MessagePage,
     MessageStatus,
+    SendPreview,
     StatusFilter,
 )
 from emailmcp.mail.signal import OutboxSignal
@@ -46,6 +49,8 @@ log = structlog.get_logger(__name__)
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
 _OUT_FIELDS = [field for field in MessageOut.model_fields if field != "user_id"]
 MAX_PAGE = 200
+# Headers a dry run leaves out: fixed only when the message is accepted, or the MIME structure's own.
+_PREVIEW_SKIPPED_HEADERS = {"Message-ID", "Date", "MIME-Version", "Content-Type", "Content-Transfer-Encoding"}
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,21 @@ def _daily_cap_refusal(user_id: str, cap: int, oldest: datetime | None, now: dat
     )
 
 
+def _new_sender(user_id: str) -> SimpleNamespace:
+    """What `users.get_senders` gives for a user that does not exist yet (a send would create them)."""
+    return SimpleNamespace(
+        id=None,
+        user_id=user_id,
+        email=None,
+        display_name=None,
+        mailbox_type=None,
+        mailbox_status=None,
+        mailbox_from_address=None,
+        recent_count=0,
+        recent_oldest=None,
+    )
+
+
 def _route(sender: Row, settings: Settings) -> tuple[str, bool, str]:
     """The transport, whether it is the user's own mailbox, and the From address; refuses rather than falling back."""
     if sender.mailbox_type is not None:
@@ -166,6 +186,34 @@ class Outbox:
         idempotency_key: str | None = None,
     ) -> Enqueued:
         """Validates, applies policy and commits one outbox row; replays the original for a repeated key."""
+        attachments, size = self._check(ctx, content)
+        fingerprint = request_fingerprint(user_id, content) if idempotency_key else None
+        send = _Send(ctx, user_id, content, entry_point, idempotency_key, fingerprint, attachments, size)
+        return await self._batches.submit(send)
+
+    async def preview(self, ctx: TenantContext, user_id: str, content: MessageContent) -> SendPreview:
+        """What `enqueue` would accept and send, after the same checks and policy, without writing anything."""
+        settings, now = self._settings, utcnow()
+        attachments, size = self._check(ctx, content)
+        async with self._engine.connect() as connection:
+            senders = await users.find_senders(connection, ctx, [user_id], now - timedelta(days=1))
+        sender = senders.get(user_id) or _new_sender(user_id)
+        if sender.recent_count >= settings.daily_send_cap:
+            raise _daily_cap_refusal(user_id, settings.daily_send_cap, sender.recent_oldest, now)
+        send = _Send(ctx, user_id, content, EntryPoint.rest, None, None, attachments, size)
+        row = _outbox_row(send, sender, settings, now)
+        mime = build_mime(outgoing_email(SimpleNamespace(**row)))
+        headers = BytesHeaderParser(policy=POLICY).parsebytes(mime)
+        return SendPreview(
+            transport=row["transport"],
+            from_address=row["from_address"],
+            recipients=outgoing_email(SimpleNamespace(**row)).envelope_recipients(),
+            headers={name: str(value) for name, value in headers.items() if name not in _PREVIEW_SKIPPED_HEADERS},
+            size_bytes=len(mime),
+        )
+
+    def _check(self, ctx: TenantContext, content: MessageContent) -> tuple[list[dict], int]:
+        """The checks that need no database: schedule, attachments and size, recipients and the tenant's policy."""
         settings = self._settings
         now = utcnow()
         if content.send_at is not None:
@@ -178,9 +226,7 @@ class Outbox:
         _check_recipients(
             content, policy.recipient_domain_allowlist, policy.recipient_domain_denylist, settings.max_recipients
         )
-        fingerprint = request_fingerprint(user_id, content) if idempotency_key else None
-        send = _Send(ctx, user_id, content, entry_point, idempotency_key, fingerprint, attachments, size)
-        return await self._batches.submit(send)
+        return attachments, size
 
     async def close(self) -> None:
         await self._batches.close()

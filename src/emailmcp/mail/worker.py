@@ -12,7 +12,6 @@ for the next message to the same server (SmtpPool).
 """
 
 import asyncio
-import base64
 import contextlib
 import functools
 import os
@@ -28,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from emailmcp.db import utcnow
 from emailmcp.mail import repository
-from emailmcp.mail.mime import Attachment, OutgoingEmail, build_mime, html_to_text
+from emailmcp.mail.mime import build_mime, outgoing_email
 from emailmcp.mail.schemas import MessageStatus
 from emailmcp.mail.signal import CHANNEL
 from emailmcp.mail.transports.base import PermanentError, SendResult, TransientError, Transport
@@ -57,30 +56,6 @@ def backoff(settings, attempt: int, retry_after: float | None) -> timedelta:
     """Exponential backoff with full jitter around the base, never sooner than the server asked."""
     delay = settings.retry_base_seconds * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
     return min(timedelta(seconds=max(delay, retry_after or 0)), MAX_BACKOFF)
-
-
-def outgoing_email(message: Row) -> OutgoingEmail:
-    html = message.body if message.body_type == "html" else None
-    text_body = (message.text_body or html_to_text(message.body or "")) if html is not None else message.body
-    return OutgoingEmail(
-        message_id=message.message_id,
-        from_address=message.from_address,
-        from_name=message.from_name,
-        to=message.to,
-        cc=message.cc,
-        bcc=message.bcc,
-        reply_to=message.reply_to,
-        subject=message.subject,
-        text_body=text_body,
-        html_body=html,
-        in_reply_to=message.in_reply_to,
-        references=message.references,
-        attachments=[
-            Attachment(a["filename"], a["content_type"], base64.b64decode(a["content_base64"]))
-            for a in message.attachments or []
-        ],
-        date=message.created_at,
-    )
 
 
 def _replied_to(message: Row) -> list[tuple[int, str]]:

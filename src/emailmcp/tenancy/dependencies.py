@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request, Response, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emailmcp.errors import APIError
@@ -18,6 +18,11 @@ from emailmcp.tenancy.schemas import Scope, TenantContext
 
 _bearer = HTTPBearer(auto_error=False, description="An EmailMCP API key: `Authorization: Bearer emk_...`")
 _CHALLENGE = 'Bearer realm="emailmcp"'
+_llm_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An EmailMCP API key with the llm scope.")
+_mcp_key = APIKeyHeader(
+    name="X-MCP-API-Key", auto_error=False, description="An EmailMCP API key with the mail scope (or use Bearer)."
+)
+_LLM_CHALLENGE = 'APIKey realm="emailmcp", header="X-API-Key"'
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -75,3 +80,25 @@ def bearer_scope(scope: Scope):
 
 MailContext = Annotated[TenantContext, Depends(bearer_scope(Scope.mail))]
 AdminContext = Annotated[TenantContext, Depends(bearer_scope(Scope.admin))]
+
+
+async def llm_context(
+    response: Response, runtime: CurrentRuntime, key: Annotated[str | None, Security(_llm_key)]
+) -> TenantContext:
+    """The /llm/* key: X-API-Key with the llm scope."""
+    return await resolve_key(key, Scope.llm, runtime, response, _LLM_CHALLENGE)
+
+
+async def action_mail_context(
+    response: Response,
+    runtime: CurrentRuntime,
+    key: Annotated[str | None, Security(_mcp_key)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> TenantContext:
+    """The key that authorises an action's effects: X-MCP-API-Key (or Authorization: Bearer) with the mail scope."""
+    plaintext = key or (credentials.credentials if credentials else None)
+    return await resolve_key(plaintext, Scope.mail, runtime, response, _CHALLENGE)
+
+
+LlmContext = Annotated[TenantContext, Depends(llm_context)]
+ActionMailContext = Annotated[TenantContext, Depends(action_mail_context)]

@@ -83,6 +83,13 @@ async def ensure_user(session: AsyncSession, ctx: TenantContext, user_id: str) -
     return user
 
 
+async def find_senders(
+    connection: AsyncConnection, ctx: TenantContext, user_ids: list[str], since: datetime
+) -> dict[str, Row]:
+    """The rows a send needs of these users (see `repository.get_senders`); users that do not exist are missing."""
+    return await repository.get_senders(connection, ctx, user_ids, since)
+
+
 async def ensure_senders(
     connection: AsyncConnection, ctx: TenantContext, user_ids: list[str], since: datetime
 ) -> dict[str, Row]:

@@ -1,0 +1,61 @@
+"""Every action an agent can take, defined once. /llm/capabilities, the LLM tools, /llm/execute-action, the MCP
+tools and the dashboard's Ask box all come from here."""
+
+from pydantic import BaseModel, ValidationError
+
+from emailmcp.actions import check_status, get_analytics, get_message, list_messages, send_email, send_report
+from emailmcp.actions.base import Action, ActionContext
+from emailmcp.errors import APIError
+
+ACTIONS: dict[str, Action] = {
+    action.name: action
+    for action in (
+        send_email.ACTION,
+        send_report.ACTION,
+        get_analytics.ACTION,
+        check_status.ACTION,
+        list_messages.ACTION,
+        get_message.ACTION,
+    )
+}
+
+
+def get(name: str) -> Action:
+    action = ACTIONS.get(name)
+    if action is None:
+        raise APIError(
+            400,
+            "unknown_action",
+            f"Unknown action {name!r}; the actions are: {', '.join(ACTIONS)}.",
+            [{"field": "action_type", "message": "not an action"}],
+        )
+    return action
+
+
+def validation_details(exc: ValidationError, prefix: str = "parameters") -> list[dict]:
+    """Pydantic's errors as the API's details, each naming its field (e.g. parameters.to.0)."""
+    return [
+        {
+            "field": ".".join([prefix, *(str(part) for part in error["loc"])]),
+            "message": error["msg"],
+            "type": error["type"],
+        }
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def validate(action: Action, parameters: dict) -> BaseModel:
+    """The action's parameters model, or a 422 naming every offending field."""
+    try:
+        return action.parameters.model_validate(parameters)
+    except ValidationError as exc:
+        details = validation_details(exc)
+        fields = ", ".join(detail["field"] for detail in details)
+        raise APIError(422, "validation_error", f"Invalid parameters for {action.name}: {fields}.", details) from None
+
+
+async def run(action: Action, ctx: ActionContext, parameters: dict) -> dict:
+    """Validates and runs an action: the one path from any entry point to a side effect."""
+    if action.scope not in ctx.tenant.scopes:
+        raise APIError(403, "insufficient_scope", f"This API key lacks the '{action.scope.value}' scope.")
+    return await action.handler(ctx, validate(action, parameters))
