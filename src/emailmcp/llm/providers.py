@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import anthropic
-import openai
+if TYPE_CHECKING:
+    import openai
 
 __all__ = [
     "AnthropicProvider",
@@ -204,6 +204,9 @@ class OpenAIProvider(_Provider):
         super().__init__(base_url, api_key, model, timeout, max_retries)
         self._tokens_parameter = "max_tokens"
         self._send_temperature = True
+        import openai  # noqa: PLC0415 (the SDK takes seconds to import; only a configured provider pays for it)
+
+        self._sdk = openai
         self._client = openai.AsyncOpenAI(
             api_key=self._api_key,
             base_url=base_url or DEFAULT_OPENAI_BASE_URL,
@@ -242,17 +245,17 @@ class OpenAIProvider(_Provider):
                 options["temperature"] = temperature
             try:
                 completion = await self._client.chat.completions.create(**options)
-            except openai.BadRequestError as error:
+            except self._sdk.BadRequestError as error:
                 if self._adapt(error):
                     continue
                 raise self._status_error(error.status_code, error.body, error.message) from None
-            except openai.APITimeoutError:
+            except self._sdk.APITimeoutError:
                 raise self._timeout_error() from None
-            except openai.APIStatusError as error:
+            except self._sdk.APIStatusError as error:
                 raise self._status_error(error.status_code, error.body, error.message) from None
-            except openai.APIConnectionError as error:
+            except self._sdk.APIConnectionError as error:
                 raise self._connection_error(error) from None
-            except openai.APIError as error:  # e.g. a response that failed validation
+            except self._sdk.APIError as error:  # e.g. a response that failed validation
                 raise self._garbage(self._clean(error.message)) from None
             except ValueError:  # a body announced as JSON that is not
                 raise self._garbage("the body is not valid JSON") from None
@@ -335,6 +338,9 @@ class AnthropicProvider(_Provider):
         self, base_url: str | None, api_key: str | None, model: str, timeout: float, max_retries: int = 1
     ) -> None:
         super().__init__(base_url, api_key, model, timeout, max_retries)
+        import anthropic  # noqa: PLC0415 (the SDK takes seconds to import; only a configured provider pays for it)
+
+        self._sdk = anthropic
         self._client = anthropic.AsyncAnthropic(
             api_key=self._api_key,  # explicit, so that the SDK looks for no credentials in the environment or on disk
             base_url=base_url or DEFAULT_ANTHROPIC_BASE_URL,
@@ -364,13 +370,13 @@ class AnthropicProvider(_Provider):
             ]
         try:
             message = await self._client.messages.create(**request)
-        except anthropic.APITimeoutError:
+        except self._sdk.APITimeoutError:
             raise self._timeout_error() from None
-        except anthropic.APIStatusError as error:
+        except self._sdk.APIStatusError as error:
             raise self._status_error(error.status_code, error.body, error.api_message or error.message) from None
-        except anthropic.APIConnectionError as error:
+        except self._sdk.APIConnectionError as error:
             raise self._connection_error(error) from None
-        except anthropic.APIError as error:  # e.g. a response that failed validation
+        except self._sdk.APIError as error:  # e.g. a response that failed validation
             raise self._garbage(self._clean(error.message)) from None
         except ValueError:  # a body announced as JSON that is not
             raise self._garbage("the body is not valid JSON") from None
