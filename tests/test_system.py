@@ -17,7 +17,13 @@ def test_service_info_needs_no_key(server):
         response = client.get("/")
         assert response.status_code == 200
         info = response.json()
-        assert info == {"service": "emailmcp", "version": emailmcp.__version__, "docs": "/docs", "health": "/health"}
+        assert info == {
+            "service": "emailmcp",
+            "version": emailmcp.__version__,
+            "docs": "/docs",
+            "health": "/health",
+            "mcp": "/mcp",
+        }
         assert client.get(info["docs"]).status_code == 200
         assert client.get(info["health"]).status_code == 200
 

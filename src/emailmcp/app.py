@@ -9,6 +9,7 @@ from pathlib import Path
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.routing import Route
 
 from emailmcp import __version__
 from emailmcp.body_limit import BodySizeLimitMiddleware
@@ -16,6 +17,7 @@ from emailmcp.errors import install_error_handlers
 from emailmcp.llm.endpoints import router as llm_router
 from emailmcp.mail.endpoints import router as messages_router
 from emailmcp.mail.worker import DeliveryWorker
+from emailmcp.mcp_server.http import McpRoute, StreamableHttpEndpoint
 from emailmcp.oauth.endpoints import router as oauth_router
 from emailmcp.observability import RequestContextMiddleware
 from emailmcp.reports.endpoints import router as reports_router
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         if bootstrap_key:
             hand_over_bootstrap_key(settings.data_dir, bootstrap_key)
         app.state.runtime = runtime
+        app.state.mcp = StreamableHttpEndpoint(runtime)
         if settings.default_transport == "capture":
             log.warning(
                 "capture_transport_active",
@@ -75,7 +78,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         stop = asyncio.Event()
         worker = asyncio.create_task(DeliveryWorker(runtime).run(stop)) if run_worker else None
         try:
-            yield
+            async with app.state.mcp.running():
+                yield
         finally:
             stop.set()
             if worker:
@@ -95,6 +99,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     app.include_router(messages_router)
     app.include_router(reports_router)
     app.include_router(llm_router)
+    app.router.routes.append(Route("/mcp", McpRoute(), include_in_schema=False))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -107,8 +112,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
                 "X-MCP-API-Key",
                 "Idempotency-Key",
                 "X-Request-ID",
+                "Mcp-Protocol-Version",
+                "Mcp-Session-Id",
             ],
-            expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
+            expose_headers=[
+                "X-Request-ID",
+                "Mcp-Session-Id",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -129,6 +129,34 @@ def worker(
 
 
 @app.command()
+def mcp(
+    api_key: Annotated[
+        str,
+        typer.Option(
+            envvar="EMAILMCP_API_KEY", show_default=False, help="An API key with the mail scope: the tenant to act for."
+        ),
+    ],
+    no_worker: Annotated[
+        bool,
+        typer.Option("--no-worker", help="Only queue mail; a `serve` or `worker` process elsewhere delivers it."),
+    ] = False,
+) -> None:
+    """Serve the agent actions as MCP tools over stdio, for local clients such as Claude Desktop.
+
+    Works on the configured database directly; logs go to stderr, stdout carries the protocol only."""
+    from emailmcp.errors import APIError
+    from emailmcp.mcp_server.stdio import serve_stdio
+
+    async def work(runtime: Runtime) -> None:
+        try:
+            await serve_stdio(runtime, api_key, run_worker=not no_worker)
+        except APIError as exc:
+            _fail(exc.message, 2)
+
+    _run(work)
+
+
+@app.command()
 def migrate() -> None:
     """Apply database migrations (serve does this too, under a lock)."""
     _run(Runtime.migrate)

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     rate_limit: str = "6000/minute"
     redis_url: str | None = None
     cors_origins: Annotated[list[str], NoDecode] = []
+    mcp_allowed_hosts: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
@@ -67,9 +68,9 @@ class Settings(BaseSettings):
     gmail_api_base: str = "https://gmail.googleapis.com"
     google_timeout_seconds: float = Field(default=10.0, gt=0)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "mcp_allowed_hosts", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value

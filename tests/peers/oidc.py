@@ -6,9 +6,9 @@ from tests/peers/oidc/server.mjs, set up to behave like Google's endpoints (see 
         ...
         assert oidc.grants("refresh_token") == 1
 
-The first start installs the pinned npm packages (`npm ci`) into tests/peers/oidc/node_modules, under a file lock
-so that parallel test processes do not race. State (sessions, grants, tokens) lives in the Node process's memory
-and is gone after `stop()`.
+The first start installs the pinned npm packages (`npm ci`, see peers.npm) into tests/peers/oidc/node_modules,
+under a file lock so that parallel test processes do not race. State (sessions, grants, tokens) lives in the Node
+process's memory and is gone after `stop()`.
 
 Each JSON line the server prints is an event in `events` (each also has "time", epoch seconds):
     {"event": "grant.success", "grant_type": "authorization_code" | "refresh_token", "account": <sub>,
@@ -25,14 +25,11 @@ that they count every request answered before; read `events` directly only after
 """
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -40,48 +37,11 @@ from typing import Any
 
 import httpx2
 
+from peers.npm import ensure_installed
 from peers.smtp import free_port
 
 PEER_DIR = Path(__file__).with_name("oidc")
 GMAIL_SEND_SCOPE = "https://www.googleapis.com/auth/gmail.send"
-
-
-def _installed() -> bool:
-    """Whether node_modules holds what package-lock.json pins (npm writes node_modules/.package-lock.json last)."""
-    try:
-        wanted = json.loads((PEER_DIR / "package-lock.json").read_text())["packages"]
-        have = json.loads((PEER_DIR / "node_modules" / ".package-lock.json").read_text())["packages"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return all(have.get(name, {}).get("version") == entry.get("version") for name, entry in wanted.items() if name)
-
-
-def ensure_node_modules() -> None:
-    """Installs the locked npm packages (`npm ci`) unless they are there, under a file lock against concurrent
-    installs by parallel test processes."""
-    if _installed():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError("npm is not installed: the OIDC test peer needs Node.js 20+ and npm")
-    key = hashlib.sha256(str(PEER_DIR.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir(), f"emailmcp-oidc-npm-{key}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if _installed():  # another process installed them while this one waited
-                return
-            result = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund"],
-                cwd=PEER_DIR,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            if result.returncode != 0 or not _installed():
-                raise RuntimeError(f"npm ci failed in {PEER_DIR}:\n{result.stdout}\n{result.stderr}")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class OidcProvider:
@@ -109,7 +69,7 @@ class OidcProvider:
     # Lifecycle.
 
     def start(self) -> "OidcProvider":
-        ensure_node_modules()
+        ensure_installed(PEER_DIR)
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not installed: the OIDC test peer needs Node.js 20+")

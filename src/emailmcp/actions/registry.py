@@ -32,11 +32,11 @@ def get(name: str) -> Action:
     return action
 
 
-def validation_details(exc: ValidationError, prefix: str = "parameters") -> list[dict]:
+def validation_details(exc: ValidationError, prefix: str) -> list[dict]:
     """Pydantic's errors as the API's details, each naming its field (e.g. parameters.to.0)."""
     return [
         {
-            "field": ".".join([prefix, *(str(part) for part in error["loc"])]),
+            "field": ".".join([*filter(None, [prefix]), *(str(part) for part in error["loc"])]),
             "message": error["msg"],
             "type": error["type"],
         }
@@ -44,18 +44,19 @@ def validation_details(exc: ValidationError, prefix: str = "parameters") -> list
     ]
 
 
-def validate(action: Action, parameters: dict) -> BaseModel:
-    """The action's parameters model, or a 422 naming every offending field."""
+def validate(action: Action, parameters: dict, field_prefix: str = "parameters") -> BaseModel:
+    """The action's parameters model, or a 422 naming every offending field (under `field_prefix`, the name of the
+    object that holds the parameters in the caller's request: "parameters" for execute-action, none for MCP)."""
     try:
         return action.parameters.model_validate(parameters)
     except ValidationError as exc:
-        details = validation_details(exc)
+        details = validation_details(exc, field_prefix)
         fields = ", ".join(detail["field"] for detail in details)
         raise APIError(422, "validation_error", f"Invalid parameters for {action.name}: {fields}.", details) from None
 
 
-async def run(action: Action, ctx: ActionContext, parameters: dict) -> dict:
+async def run(action: Action, ctx: ActionContext, parameters: dict, field_prefix: str = "parameters") -> dict:
     """Validates and runs an action: the one path from any entry point to a side effect."""
     if action.scope not in ctx.tenant.scopes:
         raise APIError(403, "insufficient_scope", f"This API key lacks the '{action.scope.value}' scope.")
-    return await action.handler(ctx, validate(action, parameters))
+    return await action.handler(ctx, validate(action, parameters, field_prefix))

@@ -26,6 +26,7 @@ class ServiceInfo(BaseModel):
     version: str
     docs: str
     health: str
+    mcp: str
 
 
 class Health(BaseModel):
@@ -42,7 +43,7 @@ class Readiness(BaseModel):
 
 @router.get("/", response_model=ServiceInfo)
 async def service_info() -> ServiceInfo:
-    return ServiceInfo(service=SERVICE, version=__version__, docs="/docs", health="/health")
+    return ServiceInfo(service=SERVICE, version=__version__, docs="/docs", health="/health", mcp="/mcp")
 
 
 @router.get("/health", response_model=Health)

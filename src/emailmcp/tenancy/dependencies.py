@@ -17,7 +17,7 @@ from emailmcp.runtime import Runtime
 from emailmcp.tenancy.schemas import Scope, TenantContext
 
 _bearer = HTTPBearer(auto_error=False, description="An EmailMCP API key: `Authorization: Bearer emk_...`")
-_CHALLENGE = 'Bearer realm="emailmcp"'
+BEARER_CHALLENGE = 'Bearer realm="emailmcp"'
 _llm_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An EmailMCP API key with the llm scope.")
 _mcp_key = APIKeyHeader(
     name="X-MCP-API-Key", auto_error=False, description="An EmailMCP API key with the mail scope (or use Bearer)."
@@ -73,7 +73,9 @@ def bearer_scope(scope: Scope):
         runtime: CurrentRuntime,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> TenantContext:
-        return await resolve_key(credentials.credentials if credentials else None, scope, runtime, response, _CHALLENGE)
+        return await resolve_key(
+            credentials.credentials if credentials else None, scope, runtime, response, BEARER_CHALLENGE
+        )
 
     return dependency
 
@@ -97,7 +99,7 @@ async def action_mail_context(
 ) -> TenantContext:
     """The key that authorises an action's effects: X-MCP-API-Key (or Authorization: Bearer) with the mail scope."""
     plaintext = key or (credentials.credentials if credentials else None)
-    return await resolve_key(plaintext, Scope.mail, runtime, response, _CHALLENGE)
+    return await resolve_key(plaintext, Scope.mail, runtime, response, BEARER_CHALLENGE)
 
 
 LlmContext = Annotated[TenantContext, Depends(llm_context)]
