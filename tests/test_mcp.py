@@ -337,6 +337,26 @@ async def test_stdio_serves_the_same_tools_and_delivers(server, tenant, sink):
         assert rest.get(f"/v1/messages/{queued['id']}").json()["entry_point"] == "mcp"
 
 
+async def test_stdio_keeps_idempotency_and_tenancy(server, tenant, sink):
+    user, subject = unique("jo"), unique("stdio-once")
+    connect_mailbox(server, tenant["key"], user, sink)
+    with server.client(server.create_key(f"t-{uuid.uuid4().hex[:10]}", "mail")) as other_tenant:
+        outsider = unique("out")
+        assert other_tenant.post(
+            f"/v1/users/{outsider}/messages", json={"to": ["z@example.com"], "body": "x"}
+        ).is_success
+    send = {"user_id": user, "to": ["k@example.com"], "subject": subject, "body": "x", "idempotency_key": subject}
+    async with Client(stdio_server(server, tenant["key"])) as client:
+        first = result_of(await client.call_tool("send_email", send))
+        retried = result_of(await client.call_tool("send_email", send))
+        figures = result_of(await client.call_tool("get_analytics", {"user_id": user, "time_range": "today"}))
+        foreign = await client.call_tool("get_analytics", {"user_id": outsider})
+    assert retried["replayed"] is True and retried["id"] == first["id"]
+    assert figures["total_emails"] == 1
+    assert foreign.is_error and "not found" in foreign.content[0].text
+    assert arrivals(sink, subject, 1) == 1
+
+
 async def test_stdio_checks_the_key_on_every_call(server, tenant):
     key = server.create_key(tenant["name"], "mail")
     key_id = key.split("_")[1]
