@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from peers.smtp import smtp_sink  # noqa: F401  (the fixture, for every test module)
+from peers.chromium import browser  # noqa: F401  (the fixtures, for every test module)
+from peers.smtp import smtp_sink  # noqa: F401
 
 BIN = Path(sys.executable).parent
 EMAILMCP = str(BIN / "emailmcp")

@@ -306,6 +306,15 @@ def test_the_wheel_ships_the_migrations(wheel):
     assert versions == in_source
 
 
+def test_the_wheel_ships_the_dashboards_pages_and_files(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    package = PROJECT / "src/emailmcp/dashboard"
+    for folder in ("templates", "static"):
+        for path in (package / folder).rglob("*"):
+            if path.is_file():
+                assert f"emailmcp/dashboard/{path.relative_to(package)}" in names
+
+
 def test_migrate_from_the_installed_wheel(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -6,6 +6,7 @@ send endpoint (tests/peers/gmail.py) that checks the bearer token at the provide
 import base64
 import hashlib
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -586,3 +587,33 @@ def test_only_a_verified_address_for_this_client_is_taken_from_an_id_token(claim
 @pytest.mark.parametrize("token", [None, "", "not-a-jwt", "a.!!!.c", "a.bm90IGpzb24.c", "a.MQ.c"])
 def test_an_unreadable_id_token_yields_no_address(token):
     assert id_token_email(token, "client-1") is None
+
+
+def _csrf(page: httpx2.Response) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+
+
+def test_the_dashboard_connects_gmail_and_comes_back_to_the_users_page(stack, tenant):
+    """The dashboard's "Connect Gmail": its own page as the return URL (no oauth_return_urls entry needed), the
+    consent at the provider, then back on the user's page, connected; "Disconnect Gmail" revokes at the provider."""
+    user = unique_user("dash")
+    with httpx2.Client(base_url=stack.server.url, follow_redirects=False, timeout=30) as browser:
+        signed_in = browser.post(
+            "/dashboard/sign-in",
+            data={"api_key": tenant, "csrf_token": _csrf(browser.get("/dashboard/sign-in"))},
+        )
+        assert signed_in.status_code == 303
+        csrf = _csrf(browser.get("/dashboard/users"))
+        assert browser.post("/dashboard/users", data={"user_id": user, "csrf_token": csrf}).status_code == 303
+        start = browser.post(f"/dashboard/users/{user}/gmail", data={"csrf_token": csrf})
+        assert start.status_code == 303
+        callback = authorize_in_browser(start.headers["location"], "dana@example.com", stop_at=stack.callback_url)
+        back = open_callback(callback)
+        assert back.status_code == 302
+        assert back.headers["location"] == f"{stack.server.url}/dashboard/users/{user}?status=connected&user_id={user}"
+        page = browser.get(back.headers["location"])
+        assert "Gmail is connected." in page.text and "dana@example.com" in page.text
+        revoked_before = len(stack.oidc.events_of("revocation.success"))
+        assert browser.post(f"/dashboard/users/{user}/mailbox/remove", data={"csrf_token": csrf}).status_code == 303
+        assert "status-disconnected" in browser.get(f"/dashboard/users/{user}").text
+    assert len(stack.oidc.events_of("revocation.success")) > revoked_before

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from emailmcp import __version__
 from emailmcp.body_limit import BodySizeLimitMiddleware
+from emailmcp.dashboard import endpoints as dashboard
 from emailmcp.errors import install_error_handlers
 from emailmcp.llm.endpoints import router as llm_router
 from emailmcp.mail.endpoints import router as messages_router
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     app.include_router(reports_router)
     app.include_router(llm_router)
     app.router.routes.append(Route("/mcp", McpRoute(), include_in_schema=False))
+    dashboard.install(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

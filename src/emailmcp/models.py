@@ -1,5 +1,6 @@
 """Every table, imported in one place so Base.metadata is complete for migrations and the vault."""
 
+from emailmcp.dashboard.models import DashboardSession
 from emailmcp.db import Base
 from emailmcp.mail.models import DeliveryAttempt, Message
 from emailmcp.oauth.models import OAuthState
@@ -9,6 +10,7 @@ from emailmcp.users.models import EndUser, Mailbox
 __all__ = [
     "ApiKey",
     "Base",
+    "DashboardSession",
     "DeliveryAttempt",
     "Message",
     "EndUser",

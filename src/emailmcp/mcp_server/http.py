@@ -15,7 +15,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from emailmcp.errors import APIError, error_response
+from emailmcp.errors import APIError, api_error_response, error_response
 from emailmcp.mcp_server.server import build_server
 from emailmcp.runtime import Runtime
 from emailmcp.settings import Settings
@@ -92,9 +92,7 @@ class StreamableHttpEndpoint:
                 BEARER_CHALLENGE,
             )
         except APIError as error:
-            await error_response(error.status_code, error.code, error.message, error.details, error.headers)(
-                scope, receive, send
-            )
+            await api_error_response(error)(scope, receive, send)
             return
 
         async def send_with_rate_headers(message: Message) -> None:

@@ -18,7 +18,7 @@ from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.users import repository as users_repository
 from emailmcp.users import service as users_service
 from emailmcp.users.models import EndUser, Mailbox
-from emailmcp.users.schemas import MailboxOut, MailboxStatus, MailboxType
+from emailmcp.users.schemas import MailboxOut, MailboxStatus, MailboxType, SmtpMailboxIn
 from emailmcp.vault import SecretContext, Vault
 
 log = structlog.get_logger(__name__)
@@ -67,11 +67,20 @@ def _state_id(state: str) -> str:
 
 
 async def start_authorization(
-    session: AsyncSession, ctx: TenantContext, google: GoogleOAuth | None, vault: Vault, data: AuthorizeIn
+    session: AsyncSession,
+    ctx: TenantContext,
+    google: GoogleOAuth | None,
+    vault: Vault,
+    data: AuthorizeIn,
+    own_page: bool = False,
 ) -> AuthorizeOut:
-    """Opens a consent flow for the user: a single-use state bound to tenant, user and return URL, with PKCE."""
+    """Opens a consent flow for the user: a single-use state bound to tenant, user and return URL, with PKCE.
+
+    The return URL must be one of the tenant's `oauth_return_urls`, unless `own_page` says it is a page of this
+    server (the dashboard's), built by the server itself."""
     google = require_google(google)
-    if data.redirect_uri is not None and data.redirect_uri not in (ctx.settings.oauth_return_urls or []):
+    allowed = ctx.settings.oauth_return_urls or []
+    if data.redirect_uri is not None and not own_page and data.redirect_uri not in allowed:
         raise InvalidField(
             "redirect_uri",
             "not one of this tenant's allowed return URLs (tenant setting oauth_return_urls, "
@@ -249,6 +258,32 @@ async def revoke_grant(google: GoogleOAuth | None, token: str | None) -> bool:
         log.warning("gmail_revoke_skipped", reason="EMAILMCP_GOOGLE_CLIENT_ID is not set")
         return False
     return await _revoke_quietly(google, token)
+
+
+async def replace_with_smtp(
+    session: AsyncSession,
+    ctx: TenantContext,
+    google: GoogleOAuth | None,
+    vault: Vault,
+    user_id: str,
+    body: SmtpMailboxIn,
+    allow_private_hosts: bool,
+) -> MailboxOut:
+    """Sets the user's own SMTP mailbox; a Gmail connection it replaces is revoked at Google."""
+    user = await users_service.find_user(session, ctx, user_id)
+    grant = grant_token(ctx, vault, user) if user else None
+    mailbox = await users_service.set_smtp_mailbox(session, ctx, vault, user_id, body, allow_private_hosts)
+    await revoke_grant(google, grant)
+    return mailbox
+
+
+async def remove_mailbox(
+    session: AsyncSession, ctx: TenantContext, google: GoogleOAuth | None, vault: Vault, user_id: str
+) -> None:
+    """Removes the user's mailbox; a Gmail connection is revoked at Google first."""
+    grant = grant_token(ctx, vault, await users_service.get_user(session, ctx, user_id))
+    await users_service.delete_mailbox(session, ctx, user_id)
+    await revoke_grant(google, grant)
 
 
 async def disconnect(

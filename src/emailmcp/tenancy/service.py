@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from pydantic import ValidationError
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from emailmcp.batching import Batcher, Pending
@@ -105,20 +106,14 @@ class KeyVerifier:
         row = await self._lookups.submit(match.group(1))
         # For an unknown id, spend the same time as a real comparison so unknown ids are not told apart.
         valid = hmac.compare_digest(hash_key(self._pepper, plaintext), row.secret_hash if row else "0" * 64)
-        if row is None or not valid or row.revoked_at is not None:
+        if row is None or not valid:
             return None
-        return TenantContext(
-            tenant_id=row.tenant_id,
-            tenant_name=row.tenant_name,
-            key_id=row.id,
-            scopes=frozenset(Scope(s) for s in row.scopes),
-            settings=TenantSettingsValues.model_construct(
-                rate_limit=row.rate_limit,
-                recipient_domain_allowlist=row.recipient_domain_allowlist,
-                recipient_domain_denylist=row.recipient_domain_denylist,
-                oauth_return_urls=row.oauth_return_urls,
-            ),
-        )
+        return _context(row)
+
+    async def context_of_key(self, key_id: str) -> TenantContext | None:
+        """The tenant context of a key already proven by its secret (a dashboard session's), or None once revoked."""
+        row = await self._lookups.submit(key_id)
+        return _context(row) if row is not None else None
 
     async def _lookup(self, batch: list[Pending[str]]) -> None:
         async with self._engine.connect() as connection:
@@ -135,6 +130,23 @@ class KeyVerifier:
 
     async def close(self) -> None:
         await self._lookups.close()
+
+
+def _context(row: Row) -> TenantContext | None:
+    if row.revoked_at is not None:
+        return None
+    return TenantContext(
+        tenant_id=row.tenant_id,
+        tenant_name=row.tenant_name,
+        key_id=row.id,
+        scopes=frozenset(Scope(s) for s in row.scopes),
+        settings=TenantSettingsValues.model_construct(
+            rate_limit=row.rate_limit,
+            recipient_domain_allowlist=row.recipient_domain_allowlist,
+            recipient_domain_denylist=row.recipient_domain_denylist,
+            oauth_return_urls=row.oauth_return_urls,
+        ),
+    )
 
 
 def _key_info(key: ApiKey, tenant_name: str) -> ApiKeyInfo:

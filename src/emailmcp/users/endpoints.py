@@ -63,18 +63,12 @@ async def set_mailbox(
 ) -> MailboxOut:
     """Sets the user's own SMTP mailbox; the password is encrypted at rest and never returned. A Gmail connection
     it replaces is revoked at Google."""
-    user = await service.find_user(session, ctx, user_id)
-    grant = gmail.grant_token(ctx, runtime.vault, user) if user else None
-    mailbox = await service.set_smtp_mailbox(
-        session, ctx, runtime.vault, user_id, body, runtime.settings.smtp_allow_private_hosts
+    return await gmail.replace_with_smtp(
+        session, ctx, runtime.google, runtime.vault, user_id, body, runtime.settings.smtp_allow_private_hosts
     )
-    await gmail.revoke_grant(runtime.google, grant)
-    return mailbox
 
 
 @router.delete("/{user_id}/mailbox", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_mailbox(user_id: UserIdPath, ctx: AdminContext, session: Session, runtime: CurrentRuntime) -> None:
     """Removes the user's mailbox; a Gmail connection is revoked at Google first."""
-    grant = gmail.grant_token(ctx, runtime.vault, await service.get_user(session, ctx, user_id))
-    await service.delete_mailbox(session, ctx, user_id)
-    await gmail.revoke_grant(runtime.google, grant)
+    await gmail.remove_mailbox(session, ctx, runtime.google, runtime.vault, user_id)
