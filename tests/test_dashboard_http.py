@@ -6,8 +6,10 @@ import hashlib
 import html
 import re
 import sqlite3
+import time
 import uuid
 from contextlib import closing
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 
 import httpx2
@@ -567,3 +569,22 @@ def test_the_confirm_step_refuses_a_user_id_the_api_refuses(server, user_id):
     with server.client(key) as rest:
         assert rest.get("/v1/messages").json()["messages"] == []
         assert rest.get("/v1/users").json()["users"] == []
+
+
+def test_a_confirmed_reading_action_shows_its_figures_as_a_table(server):
+    key = new_key(server, "mail", "llm")
+    user_id = f"fig-{uuid.uuid4().hex[:8]}"
+    with server.client(key) as rest:
+        for to in ("a@example.com", "b@example.com"):
+            assert rest.post(f"/v1/users/{user_id}/messages", json={"to": [to], "body": "x"}).status_code == 202
+        deadline = time.monotonic() + 20  # the capture transport "sends" both at once
+        while {m["status"] for m in queued(server, key, user_id)} != {"sent"} and time.monotonic() < deadline:
+            time.sleep(0.1)
+    with closing(sign_in(server, key)) as client:
+        data = {"csrf_token": csrf_of(client), "action": "get_analytics", "user_id": user_id, "time_range": "today"}
+        page = html_page(client.post("/dashboard/ask/run", data=data)).text
+    today = datetime.now(UTC).date().isoformat()
+    assert "Done: get analytics" in page
+    row = re.search(rf"<th scope=\"row\">{today}</th><td>(\d+)</td><td>(\d+)</td>", page)
+    assert row is not None and row.groups() == ("2", "0")
+    assert "<dt>Emails</dt><dd>2</dd>" in page

@@ -1,8 +1,6 @@
 """The dashboard's pages: thin handlers that read the signed-in viewer, call the domain services in-process, and
 render a template. Refusals from the services (APIError) are shown in place, on the page that caused them."""
 
-from email import policy
-from email.parser import BytesParser
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from emailmcp import errors
 from emailmcp.actions import registry
 from emailmcp.actions.base import ActionContext
-from emailmcp.dashboard import auth
+from emailmcp.dashboard import auth, presenters
 from emailmcp.dashboard.auth import CsrfRefused, SignInRequired, Viewer
 from emailmcp.errors import APIError, InvalidField, api_error_response
 from emailmcp.llm import service as llm
@@ -26,7 +24,7 @@ from emailmcp.mail.schemas import EntryPoint
 from emailmcp.oauth import service as oauth
 from emailmcp.oauth.schemas import AuthorizeIn
 from emailmcp.reports import service as reports
-from emailmcp.reports.schemas import TimeRange
+from emailmcp.reports.schemas import TimeRange, Totals
 from emailmcp.tenancy.dependencies import CurrentRuntime, Session
 from emailmcp.tenancy.schemas import Scope
 from emailmcp.users import service as users
@@ -37,7 +35,6 @@ templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 RANGES = [(r.value, r.value.replace("_", " ").capitalize()) for r in TimeRange]
 STATUSES = ["pending", "scheduled", "queued", "sending", "sent", "failed", "cancelled"]
-LIST_FIELDS = {"to", "cc", "bcc", "reply_to"}
 
 
 async def viewer(request: Request, session: Session, runtime: CurrentRuntime) -> Viewer:
@@ -92,16 +89,6 @@ def _range(value: str | None) -> TimeRange:
         return TimeRange.last_30_days
 
 
-def _chart(report) -> dict:
-    """What the chart draws and the table beside it lists: sent and failed per local day."""
-    return {
-        "days": [day.date.isoformat() for day in report.by_day],
-        "sent": [day.successful for day in report.by_day],
-        "failed": [day.failed for day in report.by_day],
-        "tz": report.tz,
-    }
-
-
 # Signing in and out.
 
 
@@ -149,7 +136,9 @@ async def sign_out(viewer: SignedIn, session: Session):
 async def overview(request: Request, viewer: SignedIn, session: Session, range: str | None = None):  # noqa: A002
     _needs(viewer, Scope.mail)
     summary = await reports.tenant_summary(session, viewer.tenant, _range(range))
-    return render(request, "overview.html", viewer, summary=summary, figures=_chart(summary), ranges=RANGES)
+    return render(
+        request, "overview.html", viewer, summary=summary, figures=presenters.chart_figures(summary), ranges=RANGES
+    )
 
 
 @router.get("/users", response_class=HTMLResponse)
@@ -191,7 +180,7 @@ async def user_page(
         "user.html",
         viewer,
         report=report,
-        figures=_chart(report),
+        figures=presenters.chart_figures(report),
         mailbox=mailbox,
         ranges=RANGES,
         gmail_configured=runtime.google is not None,
@@ -288,22 +277,10 @@ async def message_page(request: Request, viewer: SignedIn, session: Session, mes
     content = None
     if message.transport == "capture" and message.status == "sent":
         try:
-            content = _rendered(await mail.raw_mime(session, viewer.tenant, message_id))
+            content = presenters.captured_parts(await mail.raw_mime(session, viewer.tenant, message_id))
         except APIError:
             content = None  # erased after the retention period
     return render(request, "message.html", viewer, message=message, content=content)
-
-
-def _rendered(raw: bytes) -> dict:
-    """The parts of a captured message worth showing: its text, its HTML (shown in a sandboxed frame)."""
-    parsed = BytesParser(policy=policy.default).parsebytes(raw)
-    text = parsed.get_body(preferencelist=("plain",))
-    html = parsed.get_body(preferencelist=("html",))
-    return {
-        "headers": [(name, str(parsed[name])) for name in ("From", "To", "Cc", "Subject", "Date") if parsed[name]],
-        "text": text.get_content() if text is not None else None,
-        "html": html.get_content() if html is not None else None,
-    }
 
 
 # Ask: a prompt through the planner, shown as an editable form, run only when confirmed.
@@ -332,38 +309,8 @@ async def ask(
         )
     except APIError as exc:
         return render(request, "ask.html", viewer, exc.status_code, prompt=prompt, user_id=user_id, error=exc.message)
-    step = _step_form(plan.action, plan.parameters, plan.missing) if plan.action else None
+    step = presenters.step_form(plan.action, plan.parameters, plan.missing) if plan.action else None
     return render(request, "ask.html", viewer, prompt=prompt, user_id=user_id.strip(), plan=plan, step=step)
-
-
-def _step_form(action_name: str, parameters: dict, missing: list[str], errors: dict[str, str] | None = None) -> dict:
-    """The planned step as form fields, following the action's JSON Schema: lists as comma-separated text."""
-    schema = registry.get(action_name).schema()
-    required = set(schema.get("required", []))
-    fields = []
-    for name, spec in schema.get("properties", {}).items():
-        value = parameters.get(name)
-        fields.append(
-            {
-                "name": name,
-                "label": name.replace("_", " ").capitalize(),
-                "value": ", ".join(value) if isinstance(value, list) else ("" if value is None else str(value)),
-                "choices": _choices(spec),
-                "long": name == "body",
-                "required": name in required,
-                "missing": name in missing,
-                "error": (errors or {}).get(name),
-                "description": spec.get("description", ""),
-            }
-        )
-    return {"action": action_name, "fields": fields}
-
-
-def _choices(spec: dict) -> list[str] | None:
-    for option in [spec, *spec.get("anyOf", []), *spec.get("allOf", [])]:
-        if "enum" in option:
-            return option["enum"]
-    return None
 
 
 @router.post("/ask/run", response_class=HTMLResponse)
@@ -377,13 +324,13 @@ async def run_step(request: Request, viewer: SignedIn, session: Session, runtime
     except ValidationError:
         raise InvalidField("user_id", "1 to 128 letters, digits or . _ @ + : -") from None
     action = registry.get(action_name)
-    parameters = _parameters(action, form)
+    parameters = presenters.parameters_from_form(action, form)
     ctx = ActionContext(runtime, session, viewer.tenant, user_id, EntryPoint.dashboard)
     try:
         result = await registry.run(action, ctx, parameters, field_prefix="")
     except APIError as exc:
         errors = {d["field"].split(".")[0]: d["message"] for d in exc.details if d.get("field")}
-        step = _step_form(action_name, parameters, [], errors)
+        step = presenters.step_form(action_name, parameters, [], errors)
         return render(
             request,
             "ask.html",
@@ -394,26 +341,9 @@ async def run_step(request: Request, viewer: SignedIn, session: Session, runtime
             step=step,
             error=exc.message,
         )
-    return render(
-        request, "ask.html", viewer, prompt="", user_id=user_id, done={"action": action_name, "result": result}
-    )
-
-
-def _parameters(action, form) -> dict:
-    """Form values back into the action's parameters: lists split on commas, empty optional fields left out."""
-    properties = action.schema().get("properties", {})
-    parameters: dict[str, Any] = {}
-    for name in properties:
-        raw = form.get(name)
-        if not isinstance(raw, str) or raw.strip() == "":
-            continue
-        if name in LIST_FIELDS:
-            parameters[name] = [part.strip() for part in raw.split(",") if part.strip()]
-        elif properties[name].get("type") == "integer":
-            parameters[name] = int(raw) if raw.strip().isdigit() else raw
-        else:
-            parameters[name] = raw
-    return parameters
+    figures = presenters.chart_figures(Totals.model_validate(result)) if "by_day" in result else None
+    done = {"action": action_name, "result": result, "figures": figures}
+    return render(request, "ask.html", viewer, prompt="", user_id=user_id, done=done)
 
 
 # Wiring.

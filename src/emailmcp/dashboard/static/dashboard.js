@@ -2,6 +2,10 @@
 (function () {
   "use strict";
 
+  function monthDay(ts) {
+    return new Date(ts * 1000).toISOString().slice(5, 10);
+  }
+
   function draw(element) {
     const data = JSON.parse(element.dataset.chart);
     const days = data.days.map((day) => Date.parse(day + "T00:00:00Z") / 1000);
@@ -11,7 +15,10 @@
       height: 240,
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
-      axes: [{}, { label: "messages", values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")) }],
+      axes: [
+        { incrs: [86400, 7 * 86400, 28 * 86400], values: (u, splits) => splits.map(monthDay) },
+        { label: "messages", values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")) },
+      ],
       series: [
         {},
         { label: "Sent", stroke: "#1f7a3d", fill: "rgba(31, 122, 61, 0.12)", width: 2 },
