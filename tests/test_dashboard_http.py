@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 import httpx2
 import pytest
 
-from conftest import LEAKS, Server
+from conftest import BACKENDS, LEAKS, Server, backend_database_url
 
 # Kept off, so that the SMTP form's refusal of a private host can be seen.
 PRIVATE_HOSTS_REFUSED = {"EMAILMCP_SMTP_ALLOW_PRIVATE_HOSTS": "false"}
@@ -25,9 +25,21 @@ SESSION = "emailmcp_session"
 SIGN_IN = "emailmcp_sign_in"
 
 
-@pytest.fixture(scope="module")
-def server(start_module_server) -> Server:
-    return start_module_server(**PRIVATE_HOSTS_REFUSED)
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, start_module_server) -> Server:
+    return start_module_server(backend_database_url(request), **PRIVATE_HOSTS_REFUSED)
+
+
+def session_rows(server: Server) -> list[tuple]:
+    """Every row of dashboard_sessions, read behind the server's back."""
+    url = server.env.get("EMAILMCP_DATABASE_URL")
+    if url is None:
+        with sqlite3.connect(f"file:{server.data_dir / 'emailmcp.db'}?mode=ro", uri=True) as db:
+            return db.execute("SELECT * FROM dashboard_sessions").fetchall()
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        return db.execute("SELECT * FROM dashboard_sessions").fetchall()
 
 
 def unique(prefix: str) -> str:
@@ -191,9 +203,7 @@ def test_session_cookie_is_httponly_strict_and_never_the_key(server):
         assert key not in str(response.headers) and key not in response.text
 
         # The server keeps only the token's SHA-256, not the token and not the key.
-        database = server.data_dir / "emailmcp.db"
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-            rows = db.execute("SELECT * FROM dashboard_sessions").fetchall()
+        rows = session_rows(server)
         mine = [row for row in rows if hashlib.sha256(value.encode()).hexdigest() in row]
         assert len(mine) == 1, rows
         assert not any(value in str(cell) or secret in str(cell) for row in rows for cell in row)
