@@ -16,6 +16,8 @@ class Message(Base):
         Index("ix_messages_tenant_user_created_status", "tenant_id", "user_pk", "created_at", "status"),
         Index("ix_messages_tenant_status_created", "tenant_id", "status", "created_at"),
         Index("ix_messages_due", "status", "next_attempt_at"),
+        # Lists a tenant's messages newest first (ids sort by creation time) without sorting them all.
+        Index("ix_messages_tenant_id_id", "tenant_id", "id"),
         # Finds the provider's thread of a message a reply answers; only messages with a thread are in it.
         Index(
             "ix_messages_user_threaded",
