@@ -13,6 +13,7 @@ from playwright.sync_api import expect
 
 from conftest import Server
 from peers.chromium import Browser
+from peers.oidc import OidcProvider
 from peers.smtp import SmtpSink
 
 SMTP_ENV = {"EMAILMCP_SMTP_ALLOW_PRIVATE_HOSTS": "true", "EMAILMCP_WORKER_POLL_SECONDS": "0.2"}
@@ -190,3 +191,37 @@ def test_the_keyboard_reaches_everything(server, browser):
     page.keyboard.type("kbd-user")
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="kbd-user")).to_be_visible()
+
+
+def test_connecting_gmail_comes_back_to_the_users_page_signed_in(tmp_path_factory, browser):
+    """The provider's pages are another site (127.0.0.1 against the dashboard's localhost), as Google's are: the way
+    back must still carry the SameSite=Strict session cookie and land on the user's page, connected."""
+    browser.ignore(r"fonts\.googleapis\.com")  # the provider's own login page asks for a web font; no network here
+    server = Server(tmp_path_factory.mktemp("dashboard-gmail"))
+    public = f"http://localhost:{server.port}"
+    oidc = OidcProvider([f"{public}/v1/oauth/callback"]).start()
+    try:
+        server.env.update(oidc.emailmcp_env() | {"EMAILMCP_PUBLIC_URL": public})
+        server.start()
+        key = new_tenant(server, "mail", "admin")
+        user = unique("gus")
+        with server.client(key) as client:
+            assert client.post("/v1/users", json={"user_id": user}).status_code == 201
+        page = browser.page
+        page.goto(f"{public}/dashboard/sign-in")
+        page.get_by_label("API key").fill(key)
+        page.get_by_role("button", name="Sign in").click()
+        page.goto(f"{public}/dashboard/users/{user}")
+        page.get_by_role("button", name="Connect Gmail").click()
+        expect(page).to_have_url(re.compile(re.escape(oidc.issuer)))
+        page.locator("input[name=login]").fill("gus@example.com")
+        page.locator("input[name=password]").fill("any-password")
+        page.locator("button[type=submit]").click()
+        page.locator("button[type=submit]").click()  # the consent form's Continue
+        expect(page.get_by_role("status").filter(has_text="Gmail is connected.")).to_be_visible()
+        expect(page).to_have_url(re.compile(re.escape(f"{public}/dashboard/users/{user}?status=connected")))
+        expect(page.get_by_text("gus@example.com")).to_be_visible()
+        browser.screenshot("user-gmail-connected")
+    finally:
+        server.stop()
+        oidc.stop()

@@ -501,9 +501,9 @@ def test_another_tenants_user_and_message_are_not_found(server):
         assert "x@example.com" not in text
         assert user_id not in html_page(stranger.get("/dashboard/users")).text
         assert message_id not in html_page(stranger.get("/dashboard/messages")).text
-        # Filtering by the other tenant's user finds no such user, rather than their messages.
-        filtered = stranger.get("/dashboard/messages", params={"user_id": user_id})
-        assert message_id not in error_page(filtered, 404)
+        # Filtering by the other tenant's user matches nothing, as for a user not seen yet.
+        filtered = html_page(stranger.get("/dashboard/messages", params={"user_id": user_id})).text
+        assert message_id not in filtered and "No messages match" in filtered
 
 
 # 8. The Ask box.
@@ -598,3 +598,37 @@ def test_a_confirmed_reading_action_shows_its_figures_as_a_table(server):
     row = re.search(rf"<th scope=\"row\">{today}</th><td>(\d+)</td><td>(\d+)</td>", page)
     assert row is not None and row.groups() == ("2", "0")
     assert "<dt>Emails</dt><dd>2</dd>" in page
+
+
+def test_confirming_a_send_twice_sends_once(server):
+    """A double click or a reload posts the confirmed form again: its idempotency key makes the second a replay."""
+    key = new_key(server, "mail", "llm")
+    user_id = unique("u")
+    with closing(sign_in(server, key)) as client:
+        step = ask(client, user_id, "Send an email to someone@example.com saying hello")
+        assert step["fields"]["idempotency_key"]
+        for _ in range(2):
+            html_page(client.post("/dashboard/ask/run", data=step["fields"] | {"csrf_token": csrf_of(client)}))
+    assert len(queued(server, key, user_id)) == 1
+
+
+def test_pages_do_not_repeat_text_from_the_address_bar(server):
+    key = new_key(server, "mail")
+    user_id = unique("u")
+    rest_create_user(server, key, user_id)
+    with closing(sign_in(server, key)) as client:
+        spoof = "Your key leaked, sign in again at https://evil.example"
+        page = html_page(client.get(f"/dashboard/users/{user_id}", params={"status": "error", "error": spoof})).text
+        coded = html_page(
+            client.get(f"/dashboard/users/{user_id}", params={"status": "error", "error": "access_denied"})
+        )
+    assert "evil.example" not in page and "Gmail was not connected." in page
+    assert "Gmail was not connected (access_denied)." in coded.text
+
+
+def test_a_number_the_action_cannot_read_is_named_not_a_500(server):
+    key = new_key(server, "mail", "llm")
+    with closing(sign_in(server, key)) as client:
+        data = {"csrf_token": csrf_of(client), "action": "list_messages", "user_id": unique("u"), "limit": "²"}
+        refused = client.post("/dashboard/ask/run", data=data)
+    assert "limit" in error_page(refused, 422)

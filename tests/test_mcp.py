@@ -3,6 +3,8 @@ and over stdio (`emailmcp mcp` as a subprocess): tools derived from the action r
 SMTP server, idempotent retries, tenancy, keys, resources, DNS-rebinding protection and stateless replicas."""
 
 import os
+import signal
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -17,6 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from conftest import EMAILMCP, PostgresDatabase, Server, assert_error, require_postgres
 from emailmcp.actions.registry import ACTIONS
+from emailmcp.mcp_server.http import host_values
 from peers.smtp import SmtpSink
 
 READ_ONLY = {"get_analytics", "list_messages", "get_message", "check_status"}
@@ -238,7 +241,9 @@ def test_host_and_origin_are_checked_against_dns_rebinding(server, tenant, start
     assert foreign_origin.status_code == 403
     assert local_origin.status_code == 200
 
-    public = start_server(EMAILMCP_MCP_ALLOWED_HOSTS="mail.example.com, 10.1.2.3:8443")
+    public = start_server(
+        EMAILMCP_MCP_ALLOWED_HOSTS="mail.example.com, 10.1.2.3:8443", EMAILMCP_CORS_ORIGINS="https://app.example.com"
+    )
     key = public.create_key("public", "mail")
     with httpx2.Client(base_url=public.url, headers=JSON_RPC_HEADERS | {"Authorization": f"Bearer {key}"}) as http:
         named = http.post(
@@ -247,7 +252,10 @@ def test_host_and_origin_are_checked_against_dns_rebinding(server, tenant, start
         ported = http.post("/mcp", json=INITIALIZE, headers={"Host": "10.1.2.3:8443"})
         other_port = http.post("/mcp", json=INITIALIZE, headers={"Host": "10.1.2.3:9000"})
         loopback = http.post("/mcp", json=INITIALIZE)
-    assert named.status_code == 200 and ported.status_code == 200
+        app_origin = http.post(
+            "/mcp", json=INITIALIZE, headers={"Host": "mail.example.com", "Origin": "https://app.example.com"}
+        )
+    assert named.status_code == 200 and ported.status_code == 200 and app_origin.status_code == 200
     assert other_port.status_code == 421 and loopback.status_code == 421
 
 
@@ -269,6 +277,22 @@ async def test_each_users_report_is_a_readable_resource(server, tenant):
     text, figures = report.contents
     assert text.mime_type == "text/plain" and "Emails: 3" in text.text and "last 7 days" in text.text
     assert figures.mime_type == "application/json" and '"total_emails": 3' in figures.text
+
+
+@pytest.mark.parametrize(
+    ("entry", "values"),
+    [
+        ("mail.example.com", ["mail.example.com", "mail.example.com:*"]),
+        ("Mail.Example.com", ["mail.example.com", "mail.example.com:*"]),
+        ("10.1.2.3:8443", ["10.1.2.3:8443"]),
+        ("2001:db8::1", ["[2001:db8::1]", "[2001:db8::1]:*"]),
+        ("[::1]:8080", ["[::1]:8080"]),
+        ("https://mail.example.com:443", ["mail.example.com", "mail.example.com:*"]),  # browsers omit default ports
+        ("https://mail.example.com:8443/base", ["mail.example.com:8443"]),
+    ],
+)
+def test_allowed_hosts_are_read_as_host_headers(entry, values):
+    assert host_values(entry) == values
 
 
 class RoundRobin(httpx2.AsyncBaseTransport):
@@ -391,3 +415,48 @@ def test_stdio_refuses_a_bad_key_on_stderr_and_keeps_stdout_clean(server, tenant
         stdin=subprocess.DEVNULL,
     )
     assert missing.returncode == 2 and "EMAILMCP_API_KEY" in missing.stderr
+
+
+def test_stdio_stops_cleanly_on_sigterm(server, tenant):
+    """Desktop clients end their servers with SIGTERM: the worker stops after recording what it was sending."""
+    params = stdio_server(server, tenant["key"])
+    process = subprocess.Popen(
+        [EMAILMCP, *params.args],
+        env=params.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(100):  # until the worker runs
+            line = process.stderr.readline()
+            if "worker_started" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "stdio_stopped" in stderr and "worker_stopped" in stderr
+
+
+async def test_a_failure_inside_the_server_is_a_tool_error_without_its_internals(server, tenant):
+    """While another process holds SQLite's write lock past the busy timeout, a send fails: the agent is told the
+    database is unavailable, never the SQL or the message's values that the driver's exception carries."""
+    body = f"private words {uuid.uuid4().hex}"
+    async with mcp_client(server.url, tenant["key"]) as client:
+        await client.list_tools()  # connected before the lock is taken
+        holder = sqlite3.connect(server.data_dir / "emailmcp.db", timeout=1, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            refused = await client.call_tool(
+                "send_email", {"user_id": unique("lock"), "to": ["x@example.com"], "body": body}
+            )
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        after = await client.call_tool("check_status", {"user_id": "anyone"})
+    assert refused.is_error
+    assert refused.content[0].text == "The database is unavailable; retry shortly."
+    assert not after.is_error

@@ -96,7 +96,7 @@ async def _api_error(_: Request, exc: APIError) -> JSONResponse:
     return api_error_response(exc)
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = list(exc.errors())
     if any(err.get("type") == "json_invalid" for err in errors):
         return error_response(400, "invalid_json", "The request body is not valid JSON.")
@@ -113,7 +113,7 @@ async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
-async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+async def database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
     # Connection refused, server gone, SQLite locked past its busy timeout: transient, so 503 and not 500.
     log.warning("database_unavailable", error=type(exc.orig).__name__ if exc.orig else type(exc).__name__)
     return error_response(
@@ -122,7 +122,7 @@ async def _database_unavailable(_: Request, exc: OperationalError) -> JSONRespon
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

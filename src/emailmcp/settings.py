@@ -122,10 +122,14 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def public_base_url(self) -> str:
+        """Where browsers reach this server: EMAILMCP_PUBLIC_URL, else its own address."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
     def oauth_callback_url(self) -> str:
         """The redirect URI registered at Google: where its consent screen sends the user back."""
-        base = (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
-        return f"{base}/v1/oauth/callback"
+        return f"{self.public_base_url}/v1/oauth/callback"
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -50,6 +50,9 @@ def _digest(token: str) -> str:
 
 
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    """Secure when this request came over https, or when the server's public address is https (behind a proxy that
+    does not say so)."""
+    public_url = request.app.state.runtime.settings.public_url or ""
     response.set_cookie(
         name,
         value,
@@ -57,7 +60,7 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
         path=COOKIE_PATH,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=request.url.scheme == "https" or public_url.startswith("https://"),
     )
 
 

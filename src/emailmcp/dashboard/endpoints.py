@@ -2,13 +2,15 @@
 render a template. Refusals from the services (APIError) are shown in place, on the page that caused them."""
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emailmcp import errors
@@ -16,11 +18,11 @@ from emailmcp.actions import registry
 from emailmcp.actions.base import ActionContext
 from emailmcp.dashboard import auth, presenters
 from emailmcp.dashboard.auth import CsrfRefused, SignInRequired, Viewer
-from emailmcp.errors import APIError, InvalidField, api_error_response
+from emailmcp.errors import APIError, InvalidField, NotFound, api_error_response
 from emailmcp.llm import service as llm
 from emailmcp.llm.schemas import InferenceIn
 from emailmcp.mail import service as mail
-from emailmcp.mail.schemas import EntryPoint
+from emailmcp.mail.schemas import EntryPoint, MessagePage, StatusFilter
 from emailmcp.oauth import service as oauth
 from emailmcp.oauth.schemas import AuthorizeIn
 from emailmcp.reports import service as reports
@@ -28,18 +30,21 @@ from emailmcp.reports.schemas import TimeRange, Totals
 from emailmcp.tenancy.dependencies import CurrentRuntime, Session
 from emailmcp.tenancy.schemas import Scope
 from emailmcp.users import service as users
-from emailmcp.users.schemas import MailboxType, SmtpMailboxIn, UserCreate, UserId
+from emailmcp.users.schemas import USER_ID_RULE, MailboxType, SmtpMailboxIn, UserCreate, UserId
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 RANGES = [(r.value, r.value.replace("_", " ").capitalize()) for r in TimeRange]
-STATUSES = ["pending", "scheduled", "queued", "sending", "sent", "failed", "cancelled"]
+STATUSES = get_args(StatusFilter)
 
 
 async def viewer(request: Request, session: Session, runtime: CurrentRuntime) -> Viewer:
     signed_in = await auth.current_viewer(request, session, runtime)
     request.state.viewer = signed_in  # for the error page, which keeps the navigation
+    limit = await runtime.rate_limiter.hit(f"key:{signed_in.tenant.key_id}", signed_in.tenant.settings.rate_limit)
+    if limit is not None and not limit.allowed:
+        raise APIError(429, "rate_limited", f"Too many requests with this key; retry in {limit.reset_seconds} s.")
     if request.method == "POST":
         await auth.check_csrf(request, signed_in)
     return signed_in
@@ -54,9 +59,7 @@ def _checked_user_id(user_id: str) -> str:
     try:
         return _user_id.validate_python(user_id)
     except ValidationError:
-        raise APIError(
-            404, "user_not_found", f"No user {user_id!r}: user ids are 1 to 128 letters, digits or . _ @ + : -"
-        ) from None
+        raise APIError(404, "user_not_found", f"No user {user_id!r}: user ids are {USER_ID_RULE}.") from None
 
 
 UserIdInPath = Annotated[str, Depends(_checked_user_id)]
@@ -74,6 +77,7 @@ def render(request: Request, template: str, viewer: Viewer | None, status_code: 
             **context,
         },
         status_code=status_code,
+        headers={"Cache-Control": "no-store"},  # pages hold the tenant's data and a CSRF token
     )
 
 
@@ -142,10 +146,10 @@ async def overview(request: Request, viewer: SignedIn, session: Session, range: 
 
 
 @router.get("/users", response_class=HTMLResponse)
-async def users_page(request: Request, viewer: SignedIn, session: Session, cursor: str | None = None, error: str = ""):
+async def users_page(request: Request, viewer: SignedIn, session: Session, cursor: str | None = None):
     _needs(viewer, Scope.mail)
     page = await users.list_users(session, viewer.tenant, cursor, 50)
-    return render(request, "users.html", viewer, page=page, error=error)
+    return render(request, "users.html", viewer, page=page)
 
 
 @router.post("/users", response_class=HTMLResponse)
@@ -155,7 +159,7 @@ async def add_user(request: Request, viewer: SignedIn, session: Session, user_id
         data = UserCreate(user_id=user_id.strip())
     except ValidationError:
         page = await users.list_users(session, viewer.tenant, None, 50)
-        error = "A user id is 1 to 128 letters, digits or . _ @ + : - (for example user123)."
+        error = f"A user id is {USER_ID_RULE} (for example user123)."
         return render(request, "users.html", viewer, 422, page=page, error=error, user_id=user_id)
     await users.upsert_user(session, viewer.tenant, data)
     return RedirectResponse(f"/dashboard/users/{data.user_id}", status_code=303)
@@ -172,20 +176,37 @@ async def user_page(
     status: str | None = None,
     error: str | None = None,
 ):
+    """Also where the Gmail consent flow comes back to, with `status=connected` or `status=error&error=<code>`."""
+    gmail = presenters.gmail_outcome(status, error)
+    return await _user_page(request, viewer, session, runtime, user_id, _range(range), gmail=gmail)
+
+
+async def _user_page(
+    request: Request,
+    viewer: Viewer,
+    session: Session,
+    runtime,
+    user_id: str,
+    time_range: TimeRange = TimeRange.last_30_days,
+    gmail: tuple[str, str] | None = None,
+    smtp_error: str | None = None,
+    status_code: int = 200,
+):
     _needs(viewer, Scope.mail)
-    report = await reports.user_report(session, viewer.tenant, user_id, _range(range))
+    report = await reports.user_report(session, viewer.tenant, user_id, time_range)
     mailbox = await users.get_mailbox(session, viewer.tenant, user_id)
     return render(
         request,
         "user.html",
         viewer,
+        status_code,
         report=report,
         figures=presenters.chart_figures(report),
         mailbox=mailbox,
         ranges=RANGES,
         gmail_configured=runtime.google is not None,
-        connect_status=status,
-        connect_error=error,
+        gmail=gmail,
+        smtp_error=smtp_error,
     )
 
 
@@ -193,15 +214,10 @@ async def user_page(
 async def connect_gmail(viewer: SignedIn, session: Session, runtime: CurrentRuntime, user_id: UserIdInPath):
     """Starts the consent flow; Google sends the person back to this user's page."""
     _needs(viewer, Scope.mail)
-    back = _public_url(runtime, f"/dashboard/users/{user_id}")
+    back = f"{runtime.settings.public_base_url}/dashboard/users/{user_id}"
     data = AuthorizeIn(user_id=user_id, redirect_uri=back)
     flow = await oauth.start_authorization(session, viewer.tenant, runtime.google, runtime.vault, data, own_page=True)
     return RedirectResponse(flow.authorization_url, status_code=303)
-
-
-def _public_url(runtime, path: str) -> str:
-    """Where browsers reach this server (EMAILMCP_PUBLIC_URL, else its own address), as for the OAuth callback."""
-    return runtime.settings.oauth_callback_url.removesuffix("/v1/oauth/callback") + path
 
 
 @router.post("/users/{user_id}/mailbox", response_class=HTMLResponse)
@@ -231,9 +247,7 @@ async def set_smtp_mailbox(
 
 
 async def _user_page_with_error(request, viewer, session, runtime, user_id: str, message: str):
-    response = await user_page(request, viewer, session, runtime, user_id, error=message)
-    response.status_code = 422
-    return response
+    return await _user_page(request, viewer, session, runtime, user_id, smtp_error=message, status_code=422)
 
 
 @router.post("/users/{user_id}/mailbox/remove")
@@ -251,8 +265,14 @@ async def remove_mailbox(viewer: SignedIn, session: Session, runtime: CurrentRun
 # Messages.
 
 
-async def _messages(session: Session, viewer: Viewer, user_id: str | None, status: str | None):
-    return await mail.list_messages(session, viewer.tenant, user_id or None, status or None, None, 50)
+async def _messages(session: Session, viewer: Viewer, user_id: str, status: str) -> MessagePage:
+    """The newest 50 matching messages; a filter on a user who does not exist (yet) matches none."""
+    try:
+        return await mail.list_messages(
+            session, viewer.tenant, user_id or None, status if status in STATUSES else None, None, 50
+        )
+    except NotFound:
+        return MessagePage(messages=[], next_cursor=None)
 
 
 @router.get("/messages", response_class=HTMLResponse)
@@ -322,7 +342,7 @@ async def run_step(request: Request, viewer: SignedIn, session: Session, runtime
     try:
         user_id = _user_id.validate_python(str(form.get("user_id", "")).strip())
     except ValidationError:
-        raise InvalidField("user_id", "1 to 128 letters, digits or . _ @ + : -") from None
+        raise InvalidField("user_id", USER_ID_RULE) from None
     action = registry.get(action_name)
     parameters = presenters.parameters_from_form(action, form)
     ctx = ActionContext(runtime, session, viewer.tenant, user_id, EntryPoint.dashboard)
@@ -361,22 +381,40 @@ def install(app: FastAPI) -> None:
     async def refuse_csrf(request: Request, _: CsrfRefused) -> Response:
         return render(request, "error.html", None, 403, title="Form expired", message="Reload the page and try again.")
 
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        """Unknown dashboard paths and methods get a page too."""
-        if not request.url.path.startswith("/dashboard"):
-            return await errors.http_error(request, exc)
-        viewer = getattr(request.state, "viewer", None)
-        message = "There is no such page." if exc.status_code == 404 else str(exc.detail)
-        return render(request, "error.html", viewer, exc.status_code, title="That did not work", message=message)
+    def on_pages(api_handler, message_of):
+        """A handler that answers dashboard paths with a page and everything else as the API does (the API's handler
+        runs either way, for what it logs)."""
 
-    async def api_error(request: Request, exc: APIError) -> Response:
-        """Refusals on dashboard pages become a page, not JSON; everywhere else, the API's error shape."""
-        if not request.url.path.startswith("/dashboard"):
-            return api_error_response(exc)
-        viewer = getattr(request.state, "viewer", None)
-        return render(request, "error.html", viewer, exc.status_code, title="That did not work", message=exc.message)
+        async def handler(request: Request, exc: Exception) -> Response:
+            api_response = await api_handler(request, exc)
+            if not request.url.path.startswith("/dashboard"):
+                return api_response
+            status_code, message = message_of(exc)
+            viewer = getattr(request.state, "viewer", None)
+            response = render(request, "error.html", viewer, status_code, title="That did not work", message=message)
+            response.headers.update(getattr(exc, "headers", None) or {})
+            return response
+
+        return handler
+
+    async def api_error_json(_: Request, exc: APIError) -> Response:
+        return api_error_response(exc)
 
     app.add_exception_handler(SignInRequired, to_sign_in)
     app.add_exception_handler(CsrfRefused, refuse_csrf)
-    app.add_exception_handler(APIError, api_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(APIError, on_pages(api_error_json, lambda exc: (exc.status_code, exc.message)))
+    app.add_exception_handler(
+        StarletteHTTPException,
+        on_pages(
+            errors.http_error,
+            lambda exc: (exc.status_code, "There is no such page." if exc.status_code == 404 else str(exc.detail)),
+        ),
+    )
+    app.add_exception_handler(
+        RequestValidationError,
+        on_pages(errors.validation_error, lambda exc: (422, "The form could not be read; reload the page and retry.")),
+    )
+    app.add_exception_handler(
+        OperationalError,
+        on_pages(errors.database_unavailable, lambda exc: (503, "The database is unavailable; retry shortly.")),
+    )

@@ -1,6 +1,8 @@
 """What the pages show, computed from the services' answers: chart figures, a captured message's parts, and an
 action's parameters as a form (and back). Pure functions, no HTTP."""
 
+import re
+import secrets
 from email import policy
 from email.parser import BytesParser
 from typing import Any
@@ -10,6 +12,24 @@ from emailmcp.actions.base import Action
 from emailmcp.reports.schemas import Totals
 
 LIST_FIELDS = {"to", "cc", "bcc", "reply_to"}
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
+# Prepended to a captured HTML body shown in the (sandboxed, script-less) frame: nothing is fetched from elsewhere,
+# so opening a message does not fire its tracking pixels.
+_NO_REMOTE_CONTENT = (
+    '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
+    "style-src 'unsafe-inline'\">"
+)
+
+
+def gmail_outcome(status: str | None, error: str | None) -> tuple[str, str] | None:
+    """The notice for a return from the Gmail consent flow, in fixed words: the query string is anybody's to write,
+    so only a well-formed error code from it is shown."""
+    if status == "connected":
+        return "success", "Gmail is connected."
+    if status == "error":
+        code = f" ({error})" if error and _ERROR_CODE.fullmatch(error) else ""
+        return "error", f"Gmail was not connected{code}. Try again, or ask the user to."
+    return None
 
 
 def chart_figures(report: Totals) -> dict:
@@ -30,7 +50,7 @@ def captured_parts(raw: bytes) -> dict:
     return {
         "headers": [(name, str(parsed[name])) for name in ("From", "To", "Cc", "Subject", "Date") if parsed[name]],
         "text": text.get_content() if text is not None else None,
-        "html": html.get_content() if html is not None else None,
+        "html": _NO_REMOTE_CONTENT + html.get_content() if html is not None else None,
     }
 
 
@@ -41,6 +61,8 @@ def step_form(action_name: str, parameters: dict, missing: list[str], errors: di
     fields = []
     for name, spec in schema.get("properties", {}).items():
         value = parameters.get(name)
+        if name == "idempotency_key" and not value:
+            value = secrets.token_urlsafe(12)  # confirming twice (a double click, a reload) then sends once
         fields.append(
             {
                 "name": name,
@@ -74,8 +96,6 @@ def parameters_from_form(action: Action, form: Any) -> dict:
             continue
         if name in LIST_FIELDS:
             parameters[name] = [part.strip() for part in raw.split(",") if part.strip()]
-        elif properties[name].get("type") == "integer":
-            parameters[name] = int(raw) if raw.strip().isdigit() else raw
-        else:
+        else:  # numbers too: the action's model reads "10" as 10, and names the field when it is not a number
             parameters[name] = raw
     return parameters

@@ -4,6 +4,7 @@ Stateless means every POST carries a whole exchange and no session lives in a pr
 balancer need nothing shared. Answers are plain JSON (no SSE stream), which proxies pass without buffering issues.
 """
 
+import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
@@ -24,28 +25,49 @@ from emailmcp.tenancy.schemas import Scope as KeyScope
 from emailmcp.tenancy.schemas import TenantContext
 
 _TENANT = "emailmcp.tenant"
-_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
     """The Host and Origin values /mcp accepts (DNS-rebinding protection).
 
-    `EMAILMCP_MCP_ALLOWED_HOSTS` lists host names, with or without a port; `*` turns the check off (for a proxy
-    that rewrites Host). Unset, it allows loopback names and the host of `EMAILMCP_PUBLIC_URL`.
+    `EMAILMCP_MCP_ALLOWED_HOSTS` lists host names or addresses, with or without a port; `*` turns the check off (for
+    a proxy that rewrites Host). Unset, it allows loopback names and the host of `EMAILMCP_PUBLIC_URL`. Browser
+    origins in `EMAILMCP_CORS_ORIGINS` are allowed too.
     """
-    hosts = settings.mcp_allowed_hosts
-    if hosts == ["*"]:
+    if settings.mcp_allowed_hosts == ["*"]:
         return TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    if not hosts:
-        hosts = [*_LOOPBACK]
-        if settings.public_url:
-            hosts.append(urlsplit(settings.public_url).netloc)
+    entries = settings.mcp_allowed_hosts or [*_LOOPBACK, *([settings.public_url] if settings.public_url else [])]
     allowed_hosts: list[str] = []
-    for host in hosts:
-        has_port = host.rsplit("]", 1)[-1].count(":") == 1
-        allowed_hosts += [host] if has_port else [host, f"{host}:*"]
+    for entry in entries:
+        allowed_hosts += host_values(entry)
     allowed_origins = [f"{scheme}://{host}" for host in allowed_hosts for scheme in ("http", "https")]
-    return TransportSecuritySettings(allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
+    return TransportSecuritySettings(
+        allowed_hosts=allowed_hosts, allowed_origins=allowed_origins + list(settings.cors_origins)
+    )
+
+
+def host_values(entry: str) -> list[str]:
+    """The Host header values an entry stands for: `mail.example.com`, `10.0.0.5:8080`, `::1`, `[::1]:8080`, or a URL.
+
+    Without a port, or with the scheme's default port, any port matches (browsers leave default ports out)."""
+    parts = urlsplit(entry if "//" in entry else f"//{_bracketed(entry)}")
+    host = (parts.hostname or "").lower()
+    if not host:
+        return []
+    host = _bracketed(host)
+    port = parts.port
+    if port is None or (parts.scheme, port) in (("https", 443), ("http", 80)):
+        return [host, f"{host}:*"]
+    return [f"{host}:{port}"]
+
+
+def _bracketed(host: str) -> str:
+    """IPv6 literals as they appear in a Host header."""
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
 
 
 async def _tenant_of_request(ctx: ServerRequestContext) -> TenantContext:
@@ -62,6 +84,7 @@ class StreamableHttpEndpoint:
             stateless=True,
             json_response=True,
             security_settings=transport_security(runtime.settings),
+            max_request_body_size=runtime.settings.max_body_bytes,
         )
 
     @asynccontextmanager

@@ -16,6 +16,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.exc import OperationalError
 
 from emailmcp import __version__
 from emailmcp.actions import registry
@@ -28,7 +29,7 @@ from emailmcp.reports.schemas import TimeRange
 from emailmcp.runtime import Runtime
 from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.users import service as users
-from emailmcp.users.schemas import UserId
+from emailmcp.users.schemas import USER_ID_RULE, UserId
 
 log = structlog.get_logger(__name__)
 
@@ -85,9 +86,22 @@ def _failure(message: str) -> types.CallToolResult:
 
 
 def _explain(error: APIError) -> str:
-    """An API error as one readable line for the agent: the message, then each offending field."""
+    """An API error as one readable line for the agent: the message, then each offending field it does not name."""
     fields = [f"{detail['field']}: {detail['message']}" for detail in error.details if detail.get("field")]
+    fields = [field for field in fields if field not in error.message]
     return f"{error.message} ({'; '.join(fields)})" if fields else error.message
+
+
+def _refusal(error: Exception) -> tuple[int, str]:
+    """What the caller may be told of a failure: the API's refusals as they are, anything else without its internals
+    (an exception's text can hold SQL and the values of a message)."""
+    if isinstance(error, APIError):
+        return types.INVALID_PARAMS, _explain(error)
+    if isinstance(error, OperationalError):
+        log.warning("database_unavailable", error=type(error.orig).__name__ if error.orig else type(error).__name__)
+        return types.INTERNAL_ERROR, "The database is unavailable; retry shortly."
+    log.exception("mcp_request_failed")
+    return types.INTERNAL_ERROR, "Something went wrong on our side; the server's log has the details."
 
 
 def _user_id_of(arguments: dict[str, Any]) -> str:
@@ -100,7 +114,7 @@ def _user_id_of(arguments: dict[str, Any]) -> str:
         elif not isinstance(value, str):
             reason, hint = "not a string", f"user_id must be a JSON string, not {type(value).__name__}."
         else:
-            reason, hint = "not a user identifier", "user_id must be 1 to 128 letters, digits or . _ @ + : -"
+            reason, hint = "not a user identifier", f"user_id must be {USER_ID_RULE}."
         raise APIError(422, "validation_error", hint, [{"field": "user_id", "message": reason}]) from None
 
 
@@ -122,9 +136,10 @@ def build_server(runtime: Runtime, caller: Caller) -> Server:
             async with runtime.sessionmaker() as session:
                 action_ctx = ActionContext(runtime, session, tenant, user_id, EntryPoint.mcp)
                 result = await registry.run(action, action_ctx, arguments, field_prefix="")
-        except APIError as error:
-            log.info("mcp_tool_refused", tool=action.name, code=error.code)
-            return _failure(_explain(error))
+        except Exception as error:  # noqa: BLE001 (every failure becomes a tool error; see _refusal)
+            if isinstance(error, APIError):
+                log.info("mcp_tool_refused", tool=action.name, code=error.code)
+            return _failure(_refusal(error)[1])
         return types.CallToolResult(
             content=[types.TextContent(text=json.dumps(result, ensure_ascii=False))], structured_content=result
         )
@@ -136,8 +151,8 @@ def build_server(runtime: Runtime, caller: Caller) -> Server:
             tenant = await caller(ctx)
             async with runtime.sessionmaker() as session:
                 page = await users.list_users(session, tenant, params.cursor if params else None, _REPORT_PAGE)
-        except APIError as error:
-            raise MCPError(types.INVALID_PARAMS, _explain(error)) from None
+        except Exception as error:  # noqa: BLE001
+            raise MCPError(*_refusal(error)) from None
         return types.ListResourcesResult(
             resources=[
                 types.Resource(
@@ -176,8 +191,8 @@ def build_server(runtime: Runtime, caller: Caller) -> Server:
             tenant = await caller(ctx)
             async with runtime.sessionmaker() as session:
                 report = await reports.user_report(session, tenant, user_id, time_range)
-        except APIError as error:
-            raise MCPError(types.INVALID_PARAMS, _explain(error)) from None
+        except Exception as error:  # noqa: BLE001
+            raise MCPError(*_refusal(error)) from None
         _, text, _ = report_email(report)
         figures = report.model_dump(mode="json", exclude={"recent_emails"})
         uri = str(params.uri)

@@ -6,7 +6,9 @@ worker, so that mail queued through it goes out without a `serve` or `worker` pr
 """
 
 import asyncio
+import signal
 
+import structlog
 from mcp.server.context import ServerRequestContext
 from mcp.server.stdio import stdio_server
 
@@ -15,6 +17,8 @@ from emailmcp.mail.worker import DeliveryWorker
 from emailmcp.mcp_server.server import build_server
 from emailmcp.runtime import Runtime
 from emailmcp.tenancy.schemas import Scope, TenantContext
+
+log = structlog.get_logger(__name__)
 
 
 async def key_tenant(runtime: Runtime, api_key: str) -> TenantContext:
@@ -38,10 +42,16 @@ async def serve_stdio(runtime: Runtime, api_key: str, run_worker: bool) -> None:
     server = build_server(runtime, caller)
     stop = asyncio.Event()
     worker = asyncio.create_task(DeliveryWorker(runtime).run(stop)) if run_worker else None
+    # A client that ends the server with SIGTERM (as desktop clients do) still gets in-flight sends recorded.
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     try:
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
+    except asyncio.CancelledError:
+        log.info("stdio_stopped", signal="SIGTERM")
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         stop.set()
         if worker:
             await worker

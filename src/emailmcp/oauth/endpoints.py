@@ -1,13 +1,14 @@
 from html import escape
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from emailmcp.errors import APIError
 from emailmcp.oauth import service
 from emailmcp.oauth.schemas import AuthorizeIn, AuthorizeOut, CallbackIn, ConnectedOut, DisconnectedOut
 from emailmcp.openapi import ERROR_RESPONSES
+from emailmcp.settings import Settings
 from emailmcp.tenancy.dependencies import AdminContext, CurrentRuntime, MailContext, Session
 from emailmcp.users.endpoints import UserIdPath
 
@@ -36,14 +37,26 @@ def _page(title: str, message: str, status_code: int) -> HTMLResponse:
     )
 
 
-def _back_to(return_url: str, **params: str) -> RedirectResponse:
-    """A 302 to the tenant's return URL with our parameters added to its own."""
+_MOVE_ON = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={url}">
+<title>Back to the dashboard</title></head>
+<body><p><a href="{url}">Back to the dashboard</a></p></body></html>
+"""
+
+
+def _back_to(settings: Settings, return_url: str, **params: str) -> Response:
+    """A 302 to the tenant's return URL with our parameters added to its own.
+
+    For this server's own dashboard, a page that moves on by itself instead: the dashboard's session cookie is
+    SameSite=Strict, so a redirect in a chain that Google's page started would arrive without it, where a navigation
+    started by a page of this server carries it."""
     parts = urlsplit(return_url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
     url = urlunsplit(parts._replace(query=urlencode(query + list(params.items()))))
-    return RedirectResponse(
-        url, status_code=302, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-    )
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    if url.startswith(f"{settings.public_base_url}/dashboard/"):
+        return HTMLResponse(_MOVE_ON.format(url=escape(url)), headers=headers)
+    return RedirectResponse(url, status_code=302, headers=headers)
 
 
 _HTML = {"content": {"text/html": {}}}
@@ -74,12 +87,12 @@ async def callback(
         connected = await service.complete_authorization(session, runtime.google, runtime.vault, state, code, error)
     except service.ConnectFailed as exc:
         if exc.return_url:
-            return _back_to(exc.return_url, status="error", error=exc.code, user_id=exc.user_id or "")
+            return _back_to(runtime.settings, exc.return_url, status="error", error=exc.code, user_id=exc.user_id or "")
         return _page("Gmail was not connected", exc.message, exc.status)
     except APIError as exc:
         return _page("Gmail was not connected", exc.message, exc.status_code)
     if connected.return_url:
-        return _back_to(connected.return_url, status="connected", user_id=connected.user_id)
+        return _back_to(runtime.settings, connected.return_url, status="connected", user_id=connected.user_id)
     return _page("Gmail connected", f"{connected.email} is connected. You can close this window.", 200)
 
 

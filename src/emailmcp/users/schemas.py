@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 USER_ID_PATTERN = r"^[A-Za-z0-9._@+:-]{1,128}$"
+USER_ID_RULE = "1 to 128 letters, digits or . _ @ + : -"
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 HeaderSafeText = Annotated[str, StringConstraints(pattern=r"^[^\r\n\x00]*$")]
 
