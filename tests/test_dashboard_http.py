@@ -632,3 +632,16 @@ def test_a_number_the_action_cannot_read_is_named_not_a_500(server):
         data = {"csrf_token": csrf_of(client), "action": "list_messages", "user_id": unique("u"), "limit": "²"}
         refused = client.post("/dashboard/ask/run", data=data)
     assert "limit" in error_page(refused, 422)
+
+
+def test_a_confirmed_report_says_which_message_carries_it(server):
+    key = new_key(server, "mail", "llm")
+    user_id = unique("u")
+    rest_create_user(server, key, user_id)
+    with closing(sign_in(server, key)) as client:
+        step = ask(client, user_id, "send my weekly stats to lead@example.com")
+        assert step["fields"]["action"] == "send_report" and step["fields"]["to"] == "lead@example.com"
+        done = html_page(client.post("/dashboard/ask/run", data=step["fields"] | {"csrf_token": csrf_of(client)}))
+    (message,) = queued(server, key, user_id)
+    assert f'Message queued: <a href="/dashboard/messages/{message["id"]}">' in done.text
+    assert message["to"] == ["lead@example.com"] and message["entry_point"] == "dashboard"
