@@ -32,21 +32,18 @@ PostgreSQL database, PostgreSQL.
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import platform
-import random
 import re
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx2
@@ -64,7 +61,7 @@ from emailmcp.tenancy.models import Tenant
 from emailmcp.tenancy.schemas import Scope, TenantContext
 from emailmcp.users import service as users_service
 from http_overhead import database_name, free_port
-from reports import CHUNK, COLUMNS, QUOTED_COLUMNS, STATUSES, sqlite_stamp
+from reports import seed_postgres, seed_sqlite, user_name
 
 PAGES = {
     "health": "GET /health",
@@ -76,92 +73,6 @@ PAGES = {
 }
 WARMUP_SECONDS = 0.3  # per page and concurrency, in the untimed round
 BREAKDOWN_CALLS = 30  # per page, for the in-process split
-
-
-def user_name(n: int) -> str:
-    return f"user-{n:04d}"
-
-
-# -- seeding, as bench/reports.py does, over the last --days days -------------------------------------------------
-
-
-def message_rows(tenant_id: int, user_pks: list[int], total: int, days: int, now: datetime, iso):
-    """bench/reports.py's messages, spread evenly over the last `days` days, every one with its body."""
-    rng = random.Random(4)
-    addresses = [f"rcpt{n}@example{n % 50}.com" for n in range(5000)]
-    start = now - timedelta(days=days)
-    step = timedelta(days=days) / total
-    for n in range(total):
-        created = start + step * n
-        status = rng.choice(STATUSES)
-        to = rng.sample(addresses, rng.choice((1, 1, 1, 2)))
-        cc = [rng.choice(addresses)] if rng.random() < 0.1 else []
-        stamp = iso(created)
-        yield (
-            f"msg_{int(created.timestamp() * 1000):012x}{n:012x}",
-            tenant_id,
-            rng.choice(user_pks),
-            status,
-            "capture",
-            False,
-            f"<seed{n}@bench.example>",
-            "sender@example.com",
-            json.dumps(to),
-            json.dumps(cc),
-            "[]",
-            "[]",
-            f"Order {n} shipped",
-            "text",
-            "x" * 200,
-            "[]",
-            400,
-            stamp,
-            1,
-            "rest",
-            stamp,
-            stamp,
-            iso(created + timedelta(seconds=2)) if status == "sent" else None,
-        )
-
-
-def seed_sqlite(path: Path, total: int, users: int, days: int, now: datetime) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN")
-        tenant_id = conn.execute("SELECT id FROM tenants WHERE name = 'default'").fetchone()[0]
-        stamp = sqlite_stamp(now - timedelta(days=days))
-        conn.executemany(
-            "INSERT INTO end_users (tenant_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
-            [(tenant_id, user_name(n), stamp, stamp) for n in range(users)],
-        )
-        user_pks = [row[0] for row in conn.execute("SELECT id FROM end_users WHERE tenant_id = ?", (tenant_id,))]
-        insert = f"INSERT INTO messages ({QUOTED_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
-        rows = message_rows(tenant_id, user_pks, total, days, now, sqlite_stamp)
-        while chunk := [row for _, row in zip(range(CHUNK), rows, strict=False)]:
-            conn.executemany(insert, chunk)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-
-
-def seed_postgres(url: str, total: int, users: int, days: int, now: datetime) -> None:
-    import psycopg
-
-    with psycopg.connect(url) as conn:
-        tenant_id = conn.execute("SELECT id FROM tenants WHERE name = 'default'").fetchone()[0]
-        created = now - timedelta(days=days)
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO end_users (tenant_id, user_id, created_at, updated_at) VALUES (%s, %s, %s, %s)",
-                [(tenant_id, user_name(n), created, created) for n in range(users)],
-            )
-        user_pks = [row[0] for row in conn.execute("SELECT id FROM end_users WHERE tenant_id = %s", (tenant_id,))]
-        with conn.cursor().copy(f"COPY messages ({QUOTED_COLUMNS}) FROM STDIN") as copy:
-            for row in message_rows(tenant_id, user_pks, total, days, now, lambda value: value):
-                copy.write_row(row)
-        conn.commit()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE")
 
 
 # -- the server and signing in ------------------------------------------------------------------------------------
@@ -203,7 +114,7 @@ class Server:
 
     @staticmethod
     def seed_args(args, now: datetime) -> tuple:
-        return args.messages, args.users, args.days, now
+        return args.messages, args.users, now, args.days
 
     def emailmcp(self, arguments: list[str]) -> str:
         command = [str(Path(sys.executable).parent / "emailmcp"), *arguments]

@@ -92,12 +92,17 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-def message_rows(tenant_id: int, user_pks: list[int], total: int, now: datetime, iso):
-    """The seeded messages in creation order, `iso` turning a datetime into what the driver stores."""
+def user_name(n: int) -> str:
+    return f"user-{n:04d}"
+
+
+def message_rows(tenant_id: int, user_pks: list[int], total: int, now: datetime, iso, days: int = 365):
+    """The seeded messages in creation order over the last `days` days, `iso` turning a datetime into what the
+    driver stores. Those of the last 30 days still have their body, as retention would leave them."""
     rng = random.Random(4)
     addresses = [f"rcpt{n}@example{n % 50}.com" for n in range(5000)]
-    start = now - timedelta(days=365)
-    step = timedelta(days=365) / total
+    start = now - timedelta(days=days)
+    step = timedelta(days=days) / total
     body_from = now - timedelta(days=30)
     for n in range(total):
         created = start + step * n
@@ -136,7 +141,7 @@ def sqlite_stamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def seed_sqlite(path: Path, total: int, users: int, now: datetime) -> None:
+def seed_sqlite(path: Path, total: int, users: int, now: datetime, days: int = 365) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous=OFF")
@@ -145,11 +150,11 @@ def seed_sqlite(path: Path, total: int, users: int, now: datetime) -> None:
         stamp = sqlite_stamp(now)
         conn.executemany(
             "INSERT INTO end_users (tenant_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
-            [(tenant_id, f"user-{n:04d}", stamp, stamp) for n in range(users)],
+            [(tenant_id, user_name(n), stamp, stamp) for n in range(users)],
         )
         user_pks = [row[0] for row in conn.execute("SELECT id FROM end_users WHERE tenant_id = ?", (tenant_id,))]
         insert = f"INSERT INTO messages ({QUOTED_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
-        rows = message_rows(tenant_id, user_pks, total, now, sqlite_stamp)
+        rows = message_rows(tenant_id, user_pks, total, now, sqlite_stamp, days)
         while chunk := [row for _, row in zip(range(CHUNK), rows, strict=False)]:
             conn.executemany(insert, chunk)
         conn.execute("COMMIT")
@@ -157,7 +162,7 @@ def seed_sqlite(path: Path, total: int, users: int, now: datetime) -> None:
         conn.close()
 
 
-def seed_postgres(url: str, total: int, users: int, now: datetime) -> None:
+def seed_postgres(url: str, total: int, users: int, now: datetime, days: int = 365) -> None:
     import psycopg
 
     with psycopg.connect(url) as conn:
@@ -165,11 +170,11 @@ def seed_postgres(url: str, total: int, users: int, now: datetime) -> None:
         with conn.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO end_users (tenant_id, user_id, created_at, updated_at) VALUES (%s, %s, %s, %s)",
-                [(tenant_id, f"user-{n:04d}", now, now) for n in range(users)],
+                [(tenant_id, user_name(n), now, now) for n in range(users)],
             )
         user_pks = [row[0] for row in conn.execute("SELECT id FROM end_users WHERE tenant_id = %s", (tenant_id,))]
         with conn.cursor().copy(f"COPY messages ({QUOTED_COLUMNS}) FROM STDIN") as copy:
-            for row in message_rows(tenant_id, user_pks, total, now, lambda value: value):
+            for row in message_rows(tenant_id, user_pks, total, now, lambda value: value, days):
                 copy.write_row(row)
         conn.commit()
     with psycopg.connect(url, autocommit=True) as conn:
@@ -278,7 +283,7 @@ def main() -> None:
                 time.sleep(0.1)
 
         rng = random.Random(7)
-        user_ids = [f"user-{rng.randrange(args.users):04d}" for _ in range(args.user_requests)]
+        user_ids = [user_name(rng.randrange(args.users)) for _ in range(args.user_requests)]
         with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
             timed_get(client, "/v1/reports/summary", {"time_range": "last_90_days"})  # warm the caches
             user_ms = [

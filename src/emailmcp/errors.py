@@ -80,11 +80,15 @@ def _field_path(location: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in location)
 
 
+def _message(error: dict[str, Any]) -> str:
+    """Pydantic's message without the "Value error, " it puts before the text of a validator's ValueError."""
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
 def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # The input value is left out on purpose: it may be a password or a key.
     return [
-        {"field": _field_path(err.get("loc", ())), "message": err.get("msg", "invalid"), "type": err.get("type")}
-        for err in errors
+        {"field": _field_path(err.get("loc", ())), "message": _message(err), "type": err.get("type")} for err in errors
     ]
 
 

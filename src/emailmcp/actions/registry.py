@@ -5,7 +5,7 @@ from pydantic import BaseModel, ValidationError
 
 from emailmcp.actions import check_status, get_analytics, get_message, list_messages, send_email, send_report
 from emailmcp.actions.base import Action, ActionContext
-from emailmcp.errors import APIError
+from emailmcp.errors import APIError, validation_details
 
 ACTIONS: dict[str, Action] = {
     action.name: action
@@ -32,25 +32,16 @@ def get(name: str) -> Action:
     return action
 
 
-def validation_details(exc: ValidationError, prefix: str) -> list[dict]:
-    """Pydantic's errors as the API's details, each naming its field (e.g. parameters.to.0)."""
-    return [
-        {
-            "field": ".".join([*filter(None, [prefix]), *(str(part) for part in error["loc"])]),
-            "message": error["msg"],
-            "type": error["type"],
-        }
-        for error in exc.errors(include_url=False, include_input=False)
-    ]
-
-
 def validate(action: Action, parameters: dict, field_prefix: str = "parameters") -> BaseModel:
     """The action's parameters model, or a 422 naming every offending field (under `field_prefix`, the name of the
     object that holds the parameters in the caller's request: "parameters" for execute-action, none for MCP)."""
     try:
         return action.parameters.model_validate(parameters)
     except ValidationError as exc:
-        details = validation_details(exc, field_prefix)
+        located = [
+            {**error, "loc": (field_prefix, *error["loc"]) if field_prefix else error["loc"]} for error in exc.errors()
+        ]
+        details = validation_details(located)
         fields = ", ".join(detail["field"] for detail in details)
         raise APIError(422, "validation_error", f"Invalid parameters for {action.name}: {fields}.", details) from None
 

@@ -18,7 +18,7 @@ from emailmcp.actions import registry
 from emailmcp.actions.base import ActionContext
 from emailmcp.dashboard import auth, presenters
 from emailmcp.dashboard.auth import CsrfRefused, SignInRequired, Viewer
-from emailmcp.errors import APIError, InvalidField, NotFound, api_error_response
+from emailmcp.errors import APIError, InvalidField, NotFound, api_error_response, validation_details
 from emailmcp.llm import service as llm
 from emailmcp.llm.schemas import InferenceIn
 from emailmcp.mail import service as mail
@@ -27,7 +27,7 @@ from emailmcp.oauth import service as oauth
 from emailmcp.oauth.schemas import AuthorizeIn
 from emailmcp.reports import service as reports
 from emailmcp.reports.schemas import TimeRange, Totals
-from emailmcp.tenancy.dependencies import CurrentRuntime, Session
+from emailmcp.tenancy.dependencies import CurrentRuntime, Session, count_request
 from emailmcp.tenancy.schemas import Scope
 from emailmcp.users import service as users
 from emailmcp.users.schemas import USER_ID_RULE, MailboxType, SmtpMailboxIn, UserCreate, UserId
@@ -39,12 +39,10 @@ RANGES = [(r.value, r.value.replace("_", " ").capitalize()) for r in TimeRange]
 STATUSES = get_args(StatusFilter)
 
 
-async def viewer(request: Request, session: Session, runtime: CurrentRuntime) -> Viewer:
+async def viewer(request: Request, response: Response, session: Session, runtime: CurrentRuntime) -> Viewer:
     signed_in = await auth.current_viewer(request, session, runtime)
     request.state.viewer = signed_in  # for the error page, which keeps the navigation
-    limit = await runtime.rate_limiter.hit(f"key:{signed_in.tenant.key_id}", signed_in.tenant.settings.rate_limit)
-    if limit is not None and not limit.allowed:
-        raise APIError(429, "rate_limited", f"Too many requests with this key; retry in {limit.reset_seconds} s.")
+    await count_request(signed_in.tenant, runtime, response)
     if request.method == "POST":
         await auth.check_csrf(request, signed_in)
     return signed_in
@@ -239,7 +237,7 @@ async def set_smtp_mailbox(
             runtime.settings.smtp_allow_private_hosts,
         )
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        problems = "; ".join(f"{d['field']}: {d['message']}" for d in validation_details(exc.errors()))
         return await _user_page_with_error(request, viewer, session, runtime, user_id, problems)
     except APIError as exc:
         return await _user_page_with_error(request, viewer, session, runtime, user_id, exc.message)

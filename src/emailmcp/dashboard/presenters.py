@@ -11,7 +11,6 @@ from emailmcp.actions import registry
 from emailmcp.actions.base import Action
 from emailmcp.reports.schemas import Totals
 
-LIST_FIELDS = {"to", "cc", "bcc", "reply_to"}
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 # Prepended to a captured HTML body shown in the (sandboxed, script-less) frame: nothing is fetched from elsewhere,
 # so opening a message does not fire its tracking pixels.
@@ -90,11 +89,11 @@ def parameters_from_form(action: Action, form: Any) -> dict:
     """Form values back into the action's parameters: lists split on commas, empty optional fields left out."""
     properties = action.schema().get("properties", {})
     parameters: dict[str, Any] = {}
-    for name in properties:
+    for name, spec in properties.items():
         raw = form.get(name)
         if not isinstance(raw, str) or raw.strip() == "":
             continue
-        if name in LIST_FIELDS:
+        if spec.get("type") == "array":
             parameters[name] = [part.strip() for part in raw.split(",") if part.strip()]
         else:  # numbers too: the action's model reads "10" as 10, and names the field when it is not a number
             parameters[name] = raw

@@ -132,6 +132,7 @@ class _Provider:
 
     name = ""
     label = ""
+    _sdk: Any  # the vendor's SDK module, imported by the subclass
 
     def __init__(self, base_url: str | None, api_key: str | None, model: str, timeout: float, max_retries: int):
         self.model = model
@@ -162,6 +163,22 @@ class _Provider:
 
     def _garbage(self, what: str) -> ProviderError:
         return ProviderError(f"{self.label} sent an answer that could not be read: {what}")
+
+    def _failure(self, error: Exception) -> ProviderError | None:
+        """The SDK's exception as ours (both vendors' SDKs have the same hierarchy); None for anything else."""
+        sdk = self._sdk
+        if isinstance(error, sdk.APITimeoutError):  # before APIConnectionError, of which it is a kind
+            return self._timeout_error()
+        if isinstance(error, sdk.APIStatusError):
+            detail = getattr(error, "api_message", None) or error.message
+            return self._status_error(error.status_code, error.body, detail)
+        if isinstance(error, sdk.APIConnectionError):
+            return self._connection_error(error)
+        if isinstance(error, sdk.APIError):  # e.g. a response that failed validation
+            return self._garbage(self._clean(error.message))
+        if isinstance(error, ValueError):  # a body announced as JSON that is not
+            return self._garbage("the body is not valid JSON")
+        return None
 
     @property
     def _url(self) -> str:
@@ -245,20 +262,13 @@ class OpenAIProvider(_Provider):
                 options["temperature"] = temperature
             try:
                 completion = await self._client.chat.completions.create(**options)
-            except self._sdk.BadRequestError as error:
-                if self._adapt(error):
+            except Exception as error:
+                if isinstance(error, self._sdk.BadRequestError) and self._adapt(error):
                     continue
-                raise self._status_error(error.status_code, error.body, error.message) from None
-            except self._sdk.APITimeoutError:
-                raise self._timeout_error() from None
-            except self._sdk.APIStatusError as error:
-                raise self._status_error(error.status_code, error.body, error.message) from None
-            except self._sdk.APIConnectionError as error:
-                raise self._connection_error(error) from None
-            except self._sdk.APIError as error:  # e.g. a response that failed validation
-                raise self._garbage(self._clean(error.message)) from None
-            except ValueError:  # a body announced as JSON that is not
-                raise self._garbage("the body is not valid JSON") from None
+                failure = self._failure(error)
+                if failure is None:
+                    raise
+                raise failure from None
             return self._answer(completion)
         raise ProviderError(f"{self.label} refused every variant of the request")  # pragma: no cover
 
@@ -370,16 +380,11 @@ class AnthropicProvider(_Provider):
             ]
         try:
             message = await self._client.messages.create(**request)
-        except self._sdk.APITimeoutError:
-            raise self._timeout_error() from None
-        except self._sdk.APIStatusError as error:
-            raise self._status_error(error.status_code, error.body, error.api_message or error.message) from None
-        except self._sdk.APIConnectionError as error:
-            raise self._connection_error(error) from None
-        except self._sdk.APIError as error:  # e.g. a response that failed validation
-            raise self._garbage(self._clean(error.message)) from None
-        except ValueError:  # a body announced as JSON that is not
-            raise self._garbage("the body is not valid JSON") from None
+        except Exception as error:
+            failure = self._failure(error)
+            if failure is None:
+                raise
+            raise failure from None
         return self._answer(message)
 
     def _answer(self, message: Any) -> ProviderAnswer:

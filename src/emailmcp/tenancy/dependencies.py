@@ -54,17 +54,23 @@ async def resolve_key(
         raise APIError(401, "invalid_api_key", "The API key is unknown or revoked.", headers=headers)
     if scope not in context.scopes:
         raise APIError(403, "insufficient_scope", f"This API key lacks the '{scope.value}' scope.")
-    state = await runtime.rate_limiter.hit(f"key:{context.key_id}", context.settings.rate_limit)
-    if state is not None:
-        if not state.allowed:
-            raise APIError(
-                429,
-                "rate_limited",
-                f"Too many requests for this API key; retry in {state.reset_seconds} s.",
-                headers=state.headers(),
-            )
-        response.headers.update(state.headers())
+    await count_request(context, runtime, response)
     return context
+
+
+async def count_request(context: TenantContext, runtime: Runtime, response: Response) -> None:
+    """Counts a request against its key's rate limit: 429 over it, else the RateLimit-* headers on `response`."""
+    state = await runtime.rate_limiter.hit(f"key:{context.key_id}", context.settings.rate_limit)
+    if state is None:
+        return
+    if not state.allowed:
+        raise APIError(
+            429,
+            "rate_limited",
+            f"Too many requests for this API key; retry in {state.reset_seconds} s.",
+            headers=state.headers(),
+        )
+    response.headers.update(state.headers())
 
 
 def bearer_scope(scope: Scope):
