@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from emailmcp import db
+from peers.webhooks import WebhookReceiver
 
 KEY_LINE = re.compile(r"^emk_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 PROJECT = Path(__file__).resolve().parents[1]
@@ -255,6 +256,62 @@ def test_tenants_delete_asks_first(server, tenant_name):
 
 
 # -- working directories ----------------------------------------------------------------------------
+
+
+# -- webhooks ---------------------------------------------------------------------------------------
+
+
+def test_webhooks_from_the_command_line(start_server, tenant_name):
+    server = start_server(
+        EMAILMCP_WEBHOOK_ALLOW_HTTP="true",
+        EMAILMCP_WEBHOOK_ALLOW_PRIVATE_HOSTS="true",
+        EMAILMCP_WEBHOOK_RETRY_BASE_SECONDS="0.2",
+        EMAILMCP_WORKER_POLL_SECONDS="0.2",
+    )
+    key = server.create_key(tenant_name, "mail", "admin")
+
+    def cli(*args: str) -> dict:
+        return json.loads(server.cli("webhooks", *args).stdout)
+
+    with WebhookReceiver(answer=503) as receiver:
+        created = cli(
+            "create", "--tenant", tenant_name, receiver.url, "--event", "message.sent", "--description", "CLI"
+        )
+        assert created["secret"].startswith("whsec_") and created["events"] == ["message.sent"]
+        [listed] = cli("list", "--tenant", tenant_name)["webhooks"]
+        assert listed["id"] == created["id"] and "secret" not in listed
+        with server.client(key) as client:  # the API sees what the command line made, and the other way round
+            assert client.get(f"/v1/webhooks/{created['id']}").json()["description"] == "CLI"
+            assert client.post("/v1/users/ada/messages", json={"to": ["a@example.com"]}).status_code == 202
+        receiver.wait_for(1, accepted_only=False)
+
+        paused = cli("update", "--tenant", tenant_name, created["id"], "--disable")
+        assert paused["enabled"] is False
+        [delivery] = cli("deliveries", "--tenant", tenant_name, created["id"])["deliveries"]
+        assert delivery["attempt_log"][0]["status_code"] == 503
+        refused = server.cli("webhooks", "retry", "--tenant", tenant_name, delivery["id"], check=False)
+        assert_clean_failure(refused, "disabled")
+
+        receiver.answer = 200
+        assert cli("update", "--tenant", tenant_name, created["id"], "--enable")["enabled"] is True
+        [accepted] = receiver.wait_for(1)
+        assert receiver.verify(accepted, created["secret"])["data"]["user_id"] == "ada"
+
+        rotated = cli("rotate-secret", "--tenant", tenant_name, created["id"])
+        assert rotated["secret"].startswith("whsec_") and rotated["secret"] != created["secret"]
+        assert server.cli("webhooks", "delete", "--tenant", tenant_name, created["id"]).stdout.startswith("deleted")
+        assert_clean_failure(
+            server.cli("webhooks", "show", "--tenant", tenant_name, created["id"], check=False), "not found"
+        )
+
+    refusals = (
+        (["create", "--tenant", tenant_name, "ftp://example.com/x", "--event", "message.sent"], "url:"),
+        (["create", "--tenant", tenant_name, "http://127.0.0.1/x", "--event", "message.nope"], "message.nope"),
+        (["list", "--tenant", "no-such-tenant-x"], "no-such-tenant-x"),
+    )
+    for args, mention in refusals:
+        assert_clean_failure(server.cli("webhooks", *args, check=False), mention)
+    assert cli("list", "--tenant", tenant_name)["webhooks"] == []
 
 
 def test_every_command_works_from_the_root_directory(start_server, tenant_name):

@@ -15,8 +15,14 @@ from conftest import Server
 from peers.chromium import Browser
 from peers.oidc import OidcProvider
 from peers.smtp import SmtpSink
+from peers.webhooks import WebhookReceiver
 
-SMTP_ENV = {"EMAILMCP_SMTP_ALLOW_PRIVATE_HOSTS": "true", "EMAILMCP_WORKER_POLL_SECONDS": "0.2"}
+SMTP_ENV = {
+    "EMAILMCP_SMTP_ALLOW_PRIVATE_HOSTS": "true",
+    "EMAILMCP_WORKER_POLL_SECONDS": "0.2",
+    "EMAILMCP_WEBHOOK_ALLOW_HTTP": "true",
+    "EMAILMCP_WEBHOOK_ALLOW_PRIVATE_HOSTS": "true",
+}
 UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
     .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
     .map(el => el.outerHTML)"""
@@ -142,6 +148,49 @@ def test_from_sign_in_to_a_sent_message_and_out(server, sink, browser):
     expect(page).to_have_url(re.compile(r"/dashboard/sign-in$"))
     page.goto(f"{server.url}/dashboard")
     expect(page).to_have_url(re.compile(r"/dashboard/sign-in$"))
+
+
+def delivery_statuses(server: Server, key: str, webhook_id: str) -> list[str]:
+    with server.client(key) as client:
+        return [d["status"] for d in client.get(f"/v1/webhooks/{webhook_id}/deliveries").json()["deliveries"]]
+
+
+def test_a_webhooks_refused_delivery_is_shown_and_retried_from_the_page(server, browser):
+    key = new_tenant(server, "mail", "admin")
+    page = browser.page
+    with WebhookReceiver(answer=400) as receiver:
+        with server.client(key) as client:
+            response = client.post(
+                "/v1/webhooks", json={"url": receiver.url, "events": ["message.sent"], "description": "Orders app"}
+            )
+            assert response.status_code == 201, response.text
+            webhook_id = response.json()["id"]
+        send(server, key, unique("bo"), "someone@example.com")
+        for _ in range(200):
+            if delivery_statuses(server, key, webhook_id) == ["failed"]:
+                break
+        else:
+            pytest.fail(f"the delivery never failed: {delivery_statuses(server, key, webhook_id)}")
+
+        sign_in(browser, server, key)
+        page.get_by_role("link", name="Webhooks").click()
+        deliveries = page.get_by_role("table", name="Recent deliveries of Orders app, newest first")
+        row = deliveries.get_by_role("row").nth(1)
+        expect(row.locator(".status")).to_have_text("failed")
+        expect(row).to_contain_text("HTTP 400")
+        assert_labelled(browser)
+        browser.screenshot("webhooks")
+
+        receiver.answer = 200
+        row.get_by_role("button", name=re.compile("^Retry now")).click()
+        expect(page).to_have_url(re.compile(r"/dashboard/webhooks$"))
+        receiver.wait_for(1)
+        for _ in range(50):
+            page.reload()
+            if deliveries.get_by_role("row").nth(1).locator(".status").inner_text() == "succeeded":
+                break
+        expect(deliveries.get_by_role("row").nth(1).locator(".status")).to_have_text("succeeded")
+        expect(deliveries.get_by_role("row").nth(1)).to_contain_text("HTTP 200")
 
 
 def test_a_wrong_key_is_refused(server, browser):

@@ -16,6 +16,7 @@ import httpx2
 import pytest
 
 from conftest import BACKENDS, LEAKS, Server, backend_database_url
+from peers.webhooks import WebhookReceiver
 
 # Kept off, so that the SMTP form's refusal of a private host can be seen.
 PRIVATE_HOSTS_REFUSED = {"EMAILMCP_SMTP_ALLOW_PRIVATE_HOSTS": "false"}
@@ -645,3 +646,67 @@ def test_a_confirmed_report_says_which_message_carries_it(server):
     (message,) = queued(server, key, user_id)
     assert f'Message queued: <a href="/dashboard/messages/{message["id"]}">' in done.text
     assert message["to"] == ["lead@example.com"] and message["entry_point"] == "dashboard"
+
+
+# Webhooks.
+
+
+def test_the_webhooks_page_shows_recent_deliveries_retries_them_and_enables_a_disabled_webhook(start_server):
+    server = start_server(
+        EMAILMCP_WEBHOOK_ALLOW_HTTP="true",
+        EMAILMCP_WEBHOOK_ALLOW_PRIVATE_HOSTS="true",
+        EMAILMCP_WORKER_POLL_SECONDS="0.2",
+    )
+    tenant = unique("t")
+    admin_key = server.create_key(tenant, "mail", "admin")
+    with WebhookReceiver(answer=410) as receiver, server.client(admin_key) as rest:
+        created = rest.post(
+            "/v1/webhooks", json={"url": receiver.url, "events": ["message.sent"], "description": "CRM"}
+        )
+        assert created.status_code == 201, created.text
+        hook = created.json()
+        assert rest.post("/v1/users/ada/messages", json={"to": ["a@example.com"], "body": "hi"}).status_code == 202
+        receiver.wait_for(1, accepted_only=False)
+
+        def deliveries() -> list[dict]:
+            return rest.get(f"/v1/webhooks/{hook['id']}/deliveries").json()["deliveries"]
+
+        deadline = time.monotonic() + 10
+        while deliveries()[0]["status"] != "failed":
+            assert time.monotonic() < deadline, deliveries()
+            time.sleep(0.1)
+        [delivery] = deliveries()
+
+        with closing(sign_in(server, server.create_key(tenant, "mail"))) as mail_only:
+            assert ">Webhooks<" not in html_page(mail_only.get("/dashboard")).text
+            assert "admin" in error_page(mail_only.get("/dashboard/webhooks"), 403)
+            refused = mail_only.post(
+                f"/dashboard/webhooks/deliveries/{delivery['id']}/retry", data={"csrf_token": csrf_of(mail_only)}
+            )
+            assert "admin" in error_page(refused, 403)
+        with closing(sign_in(server, admin_key)) as client:
+            page = html.unescape(html_page(client.get("/dashboard/webhooks")).text)
+            assert "CRM" in page and receiver.url in page and delivery["event_id"] in page
+            assert "HTTP 410" in page and "only 408, 429 and 5xx answers are retried" in page
+            assert hook["secret"] not in page
+            retry = the_form(page, f"/dashboard/webhooks/deliveries/{delivery['id']}/retry")
+            assert client.post(f"/dashboard/webhooks/deliveries/{delivery['id']}/retry").status_code == 403  # no CSRF
+            receiver.answer = 200
+            answer = client.post(f"/dashboard/webhooks/deliveries/{delivery['id']}/retry", data=retry["fields"])
+            assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/webhooks"
+            [accepted] = receiver.wait_for(1)
+            assert accepted.webhook_id == delivery["event_id"]
+
+            assert rest.patch(f"/v1/webhooks/{hook['id']}", json={"enabled": False}).status_code == 200
+            page = html_page(client.get("/dashboard/webhooks")).text
+            assert "disabled" in page and forms(page, f"/dashboard/webhooks/deliveries/{delivery['id']}/retry") == []
+            enable = the_form(page, f"/dashboard/webhooks/{hook['id']}/enable")
+            assert client.post(f"/dashboard/webhooks/{hook['id']}/enable", data=enable["fields"]).status_code == 303
+            assert rest.get(f"/v1/webhooks/{hook['id']}").json()["enabled"] is True
+    with closing(sign_in(server, server.create_key(unique("t"), "mail", "admin"))) as stranger:
+        page = html_page(stranger.get("/dashboard/webhooks")).text
+        assert "No webhooks yet" in page and hook["id"] not in page
+        refused = stranger.post(
+            f"/dashboard/webhooks/deliveries/{delivery['id']}/retry", data={"csrf_token": csrf_of(stranger)}
+        )
+        error_page(refused, 404)

@@ -34,12 +34,15 @@ from peers.browser import authorize_in_browser
 from peers.gmail import FakeGmail
 from peers.oidc import OidcProvider
 from peers.smtp import SmtpSink
+from peers.webhooks import WebhookReceiver
 
 RETURN_URL = "https://app.example.com/settings/email?tab=gmail"
 FAST_RETRIES = {
     "EMAILMCP_RETRY_BASE_SECONDS": "0.2",
     "EMAILMCP_WORKER_POLL_SECONDS": "0.2",
     "EMAILMCP_SMTP_ALLOW_PRIVATE_HOSTS": "true",
+    "EMAILMCP_WEBHOOK_ALLOW_HTTP": "true",
+    "EMAILMCP_WEBHOOK_ALLOW_PRIVATE_HOSTS": "true",
 }
 
 
@@ -466,6 +469,48 @@ def test_a_revoked_grant_needs_reauth_and_stops_retrying(stack, client):
     # Connecting again fixes it.
     connect(stack, client, user, "gone@example.com")
     wait_for_status(client, send(client, user)["id"], "sent")
+
+
+def test_webhooks_tell_the_app_when_gmail_connects_needs_the_user_again_and_disconnects(stack, client):
+    mailbox_events = ["mailbox.connected", "mailbox.needs_reauth", "mailbox.disconnected"]
+    with WebhookReceiver() as receiver:
+        response = client.post(
+            "/v1/webhooks", json={"url": receiver.url, "events": [*mailbox_events, "message.failed"]}
+        )
+        assert response.status_code == 201, response.text
+        secret = response.json()["secret"]
+
+        def events(count: int) -> list[dict]:
+            return [receiver.verify(delivery, secret) for delivery in receiver.wait_for(count)]
+
+        user = unique_user()
+        connect(stack, client, user, "hooks@example.com")
+        [connected] = events(1)
+        assert connected["type"] == "mailbox.connected"
+        gmail_mailbox = {"type": "gmail", "from_address": "hooks@example.com"}
+        assert connected["data"] == {"user_id": user, "mailbox": gmail_mailbox | {"status": "connected"}}
+
+        # The user removes the app's access at Google: the next send finds out and the app hears of it.
+        stack.oidc.revoke(stored_tokens(stack, user)["oauth_access_token"])
+        failed = wait_for_status(client, send(client, user)["id"], "failed")
+        by_type = {event["type"]: event for event in events(3)}
+        needs_reauth = by_type["mailbox.needs_reauth"]["data"]
+        assert needs_reauth["user_id"] == user
+        assert needs_reauth["mailbox"] == gmail_mailbox | {"status": "needs_reauth"}
+        assert needs_reauth["reason"].startswith("invalid_grant")
+        message = by_type["message.failed"]["data"]["message"]
+        assert (message["id"], message["error"]) == (failed["id"], "mailbox_needs_reauth")
+
+        connect(stack, client, user, "hooks@example.com")
+        assert client.delete(f"/v1/users/{user}/gmail").status_code == 200
+        later = {event["type"]: event for event in events(5)[3:]}  # the order of arrival is not guaranteed
+        assert set(later) == {"mailbox.connected", "mailbox.disconnected"}
+        assert later["mailbox.disconnected"]["data"] == {
+            "user_id": user,
+            "mailbox": gmail_mailbox | {"status": "disconnected"},
+            "reason": "disconnected",
+        }
+        assert len({event["id"] for event in events(5)}) == 5
 
 
 def test_disconnect_revokes_at_google_and_fails_queued_mail(stack, client):

@@ -1,6 +1,7 @@
 """Storage against real servers: schema and models agree, nothing secret at rest, ciphertexts bound to
 their rows, key rotation end to end, and processes starting together on one database."""
 
+import asyncio
 import os
 import re
 import sqlite3
@@ -14,10 +15,12 @@ import pytest
 from alembic import command
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from conftest import BACKENDS, EMAILMCP, Server
+from conftest import BACKENDS, EMAILMCP, PostgresDatabase, Server, require_postgres
 from emailmcp import db
 from emailmcp.runtime import load_secret_key
 from emailmcp.settings import Settings
+from emailmcp.tenancy import repository as tenancy_repository
+from emailmcp.tenancy import service as tenancy
 from emailmcp.vault import DecryptionError, SecretContext, Vault
 
 MAILBOX = {
@@ -419,3 +422,29 @@ def test_a_second_migrate_is_a_no_op(start_server, make_database):
     assert "database is at the current schema" in result.stdout
     assert time.monotonic() - started < 30
     assert sql(server, "SELECT version_num FROM alembic_version") == before == [(db.head_revision(),)]
+
+
+async def test_two_processes_creating_the_same_tenant_both_get_it():
+    """`keys create --tenant new` twice at once: one creates the tenant, the other finds it (PostgreSQL makes the
+    second insert wait for the first commit, then refuses it as a duplicate)."""
+    database = PostgresDatabase(require_postgres())
+    settings = Settings(database_url=database.url, secret_key="x" * 32, _env_file=None)
+    engine = db.create_engine(settings)
+    try:
+        await db.apply_migrations(engine)
+        sessionmaker = db.create_sessionmaker(engine)
+        looked = asyncio.Barrier(2)
+
+        async def create() -> int:
+            async with sessionmaker() as session:
+                assert await tenancy_repository.get_tenant(session, "acme") is None
+                await looked.wait()  # both have seen no tenant before either inserts
+                tenant = await tenancy.ensure_tenant(session, "acme")
+                await session.commit()
+                return tenant.id
+
+        first, second = await asyncio.gather(create(), create())
+        assert first == second
+    finally:
+        await engine.dispose()
+        database.drop()

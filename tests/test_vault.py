@@ -2,6 +2,7 @@
 
 import base64
 import os
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select, update
@@ -10,8 +11,12 @@ from emailmcp import db, models
 from emailmcp.errors import ConfigurationError
 from emailmcp.settings import Settings
 from emailmcp.tenancy.models import Tenant
+from emailmcp.tenancy.schemas import Scope, TenantContext
 from emailmcp.users.models import EndUser, Mailbox
 from emailmcp.vault import DecryptionError, SecretContext, Vault, new_key, parse_keyring, rotate, secret_columns
+from emailmcp.webhooks import service as webhooks
+from emailmcp.webhooks.models import WebhookEndpoint
+from emailmcp.webhooks.schemas import WebhookIn
 
 SECRET_KEY = b"0123456789abcdef0123456789abcdef0123456789abcdef"
 CONTEXT = SecretContext("mailboxes", "smtp_password", 1, 7)
@@ -316,4 +321,32 @@ def test_every_stored_credential_is_a_secret_column_that_rotation_covers():
         ("mailboxes", "oauth_access_token"),
         ("mailboxes", "oauth_refresh_token"),
         ("oauth_states", "code_verifier"),
+        ("webhook_endpoints", "secret"),
+        ("webhook_endpoints", "previous_secret"),
     }
+
+
+async def test_webhook_signing_secrets_survive_a_key_rotation(engine):
+    """Both secrets of a webhook in its rotation overlap stay usable after `secrets rotate` moves them to a new key."""
+    derived_vault = Vault.from_settings(SECRET_KEY, None)
+    spec_k1, _ = keyring("k1")
+    k1_vault = Vault.from_settings(SECRET_KEY, spec_k1)
+    settings = Settings(webhook_allow_http=True, webhook_allow_private_hosts=True, _env_file=None)
+    sessionmaker = db.create_sessionmaker(engine)
+    async with sessionmaker() as session:
+        tenant = Tenant(name="acme")
+        session.add(tenant)
+        await session.flush()
+        ctx = TenantContext(tenant_id=tenant.id, tenant_name="acme", key_id="", scopes=frozenset(Scope))
+        hook = WebhookIn(url="http://127.0.0.1/hooks", events=["message.sent"])
+        first = await webhooks.create_webhook(session, ctx, derived_vault, settings, hook)
+        second = await webhooks.rotate_secret(session, ctx, derived_vault, first.id)
+    async with sessionmaker() as session:
+        assert await rotate(session, k1_vault, models.Base.metadata) == 2
+        await session.commit()
+    async with sessionmaker() as session:
+        endpoint = await session.get(WebhookEndpoint, first.id)
+        assert endpoint.secret.startswith("v1.k1.") and endpoint.previous_secret.startswith("v1.k1.")
+        assert webhooks.secrets_in_use(k1_vault, endpoint, datetime.now(UTC)) == [second.secret, first.secret]
+        with pytest.raises(DecryptionError):
+            webhooks.secrets_in_use(derived_vault, endpoint, datetime.now(UTC))

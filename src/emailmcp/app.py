@@ -12,12 +12,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from emailmcp import __version__
+from emailmcp.background import run_background
 from emailmcp.body_limit import BodySizeLimitMiddleware
 from emailmcp.dashboard import endpoints as dashboard
 from emailmcp.errors import install_error_handlers
 from emailmcp.llm.endpoints import router as llm_router
 from emailmcp.mail.endpoints import router as messages_router
-from emailmcp.mail.worker import DeliveryWorker
 from emailmcp.mcp_server.http import McpRoute, StreamableHttpEndpoint
 from emailmcp.oauth.endpoints import router as oauth_router
 from emailmcp.observability import RequestContextMiddleware
@@ -26,6 +26,7 @@ from emailmcp.runtime import Runtime, write_private_file
 from emailmcp.settings import Settings, load_settings
 from emailmcp.system.endpoints import router as system_router
 from emailmcp.users.endpoints import router as users_router
+from emailmcp.webhooks.endpoints import router as webhooks_router
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
             )
         log.info("started", database=runtime.engine.dialect.name, worker=run_worker)
         stop = asyncio.Event()
-        worker = asyncio.create_task(DeliveryWorker(runtime).run(stop)) if run_worker else None
+        worker = asyncio.create_task(run_background(runtime, stop)) if run_worker else None
         try:
             async with app.state.mcp.running():
                 yield
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     app.include_router(oauth_router)
     app.include_router(messages_router)
     app.include_router(reports_router)
+    app.include_router(webhooks_router)
     app.include_router(llm_router)
     app.router.routes.append(Route("/mcp", McpRoute(), include_in_schema=False))
     dashboard.install(app)

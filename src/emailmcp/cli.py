@@ -1,4 +1,4 @@
-"""The `emailmcp` command: serve, migrate, keys, tenants, secrets."""
+"""The `emailmcp` command: serve, worker, mcp, migrate, keys, tenants, webhooks, secrets."""
 
 import asyncio
 import json
@@ -7,15 +7,18 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from emailmcp import models, vault
-from emailmcp.errors import ConfigurationError
+from emailmcp.errors import APIError, ConfigurationError, validation_details
 from emailmcp.observability import configure_logging
 from emailmcp.runtime import Runtime
 from emailmcp.settings import Settings, load_settings
 from emailmcp.tenancy import service as tenancy
-from emailmcp.tenancy.schemas import ApiKeyInfo, Scope
+from emailmcp.tenancy.schemas import ApiKeyInfo, Scope, TenantContext
+from emailmcp.webhooks import service as webhooks
+from emailmcp.webhooks.schemas import DeliveryStatus, EventType, WebhookIn, WebhookUpdate
 
 app = typer.Typer(
     help="EmailMCP: email for apps and their AI agents, through users' own mailboxes.", no_args_is_help=True
@@ -23,8 +26,13 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 tenants_app = typer.Typer(help="List, inspect, configure and delete tenants.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Manage the encryption keys of stored credentials.", no_args_is_help=True)
+webhooks_app = typer.Typer(
+    help="Manage a tenant's webhooks and their deliveries (prints the same JSON as the REST API).",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(secrets_app, name="secrets")
 
 T = TypeVar("T")
@@ -58,6 +66,10 @@ def _run(work: Callable[[Runtime], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except tenancy.TenancyError as exc:
         _fail(str(exc))
+    except APIError as exc:
+        _fail(exc.message)
+    except ValidationError as exc:
+        _fail("; ".join(f"{detail['field']}: {detail['message']}" for detail in validation_details(exc.errors())))
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     except vault.DecryptionError as exc:
@@ -114,8 +126,9 @@ def serve(
 def worker(
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="Messages sent at the same time.")] = 8,
 ) -> None:
-    """Run a standalone delivery worker (migrates first). Stops gracefully on SIGTERM or Ctrl-C."""
-    from emailmcp.mail.worker import DeliveryWorker
+    """Run a standalone worker: mail delivery and webhook dispatch (migrates first). Stops gracefully on SIGTERM
+    or Ctrl-C."""
+    from emailmcp.background import run_background
 
     async def work(runtime: Runtime) -> None:
         await runtime.migrate()
@@ -123,7 +136,7 @@ def worker(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await DeliveryWorker(runtime, concurrency).run(stop)
+        await run_background(runtime, stop, concurrency)
 
     _run(work)
 
@@ -144,7 +157,6 @@ def mcp(
     """Serve the agent actions as MCP tools over stdio, for local clients such as Claude Desktop.
 
     Works on the configured database directly; logs go to stderr, stdout carries the protocol only."""
-    from emailmcp.errors import APIError
     from emailmcp.mcp_server.stdio import serve_stdio
 
     async def work(runtime: Runtime) -> None:
@@ -246,6 +258,90 @@ def tenants_delete(
         raise typer.Exit(1)
     _with_session(lambda session, _: tenancy.delete_tenant(session, name))
     typer.echo(f"deleted tenant {name}")
+
+
+TenantOption = Annotated[str, typer.Option(help="The tenant the webhook belongs to.")]
+EventsOption = Annotated[
+    list[EventType] | None, typer.Option("--event", help="An event type to send; repeat for several.")
+]
+
+
+def _for_tenant(tenant: str, work: Callable[[AsyncSession, Runtime, TenantContext], Awaitable[BaseModel | None]]):
+    """Runs webhook work as the operator acting for `tenant`, and prints its answer as JSON."""
+
+    async def in_session(session: AsyncSession, runtime: Runtime) -> BaseModel | None:
+        return await work(session, runtime, await tenancy.operator_context(session, tenant))
+
+    answer = _with_session(in_session)
+    if answer is not None:
+        typer.echo(answer.model_dump_json(indent=2))
+
+
+@webhooks_app.command("create")
+def webhooks_create(
+    tenant: TenantOption,
+    url: str,
+    event: Annotated[list[EventType], typer.Option(help="An event type to send; repeat for several.")],
+    description: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Subscribe a URL to events. Prints the webhook with its signing secret, which is not shown again."""
+    data = WebhookIn(url=url, events=event, description=description)
+    _for_tenant(tenant, lambda s, r, ctx: webhooks.create_webhook(s, ctx, r.vault, r.settings, data))
+
+
+@webhooks_app.command("list")
+def webhooks_list(tenant: TenantOption) -> None:
+    _for_tenant(tenant, lambda s, _, ctx: webhooks.list_webhooks(s, ctx))
+
+
+@webhooks_app.command("show")
+def webhooks_show(tenant: TenantOption, webhook_id: str) -> None:
+    _for_tenant(tenant, lambda s, _, ctx: webhooks.get_webhook(s, ctx, webhook_id))
+
+
+@webhooks_app.command("update")
+def webhooks_update(
+    tenant: TenantOption,
+    webhook_id: str,
+    url: Annotated[str | None, typer.Option()] = None,
+    event: EventsOption = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    enabled: Annotated[bool | None, typer.Option("--enable/--disable", help="Resume or pause deliveries.")] = None,
+) -> None:
+    """Change a webhook; only the options given change. --enable resumes waiting deliveries at once."""
+    given = {"url": url, "events": event, "description": description, "enabled": enabled}
+    data = WebhookUpdate(**{name: value for name, value in given.items() if value is not None})
+    _for_tenant(tenant, lambda s, r, ctx: webhooks.update_webhook(s, ctx, r.settings, webhook_id, data))
+
+
+@webhooks_app.command("delete")
+def webhooks_delete(tenant: TenantOption, webhook_id: str) -> None:
+    """Delete a webhook and its deliveries."""
+    _for_tenant(tenant, lambda s, _, ctx: webhooks.delete_webhook(s, ctx, webhook_id))
+    typer.echo(f"deleted webhook {webhook_id}")
+
+
+@webhooks_app.command("rotate-secret")
+def webhooks_rotate_secret(tenant: TenantOption, webhook_id: str) -> None:
+    """A new signing secret; for 24 hours deliveries are signed with the previous one too."""
+    _for_tenant(tenant, lambda s, r, ctx: webhooks.rotate_secret(s, ctx, r.vault, webhook_id))
+
+
+@webhooks_app.command("deliveries")
+def webhooks_deliveries(
+    tenant: TenantOption,
+    webhook_id: str,
+    status: Annotated[list[DeliveryStatus] | None, typer.Option(help="Only these; repeat for several.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=webhooks.MAX_PAGE)] = 20,
+) -> None:
+    """A webhook's latest deliveries with their attempts, newest first."""
+    _for_tenant(tenant, lambda s, _, ctx: webhooks.list_deliveries(s, ctx, webhook_id, status, None, limit))
+
+
+@webhooks_app.command("retry")
+def webhooks_retry(tenant: TenantOption, delivery_id: str) -> None:
+    """Attempt a delivery again now (a running server or worker sends it)."""
+    _for_tenant(tenant, lambda s, r, ctx: webhooks.retry_delivery(s, ctx, r.settings, delivery_id))
 
 
 @secrets_app.command("rotate")

@@ -2,6 +2,8 @@
 
 import asyncio
 import fcntl
+import os
+import time
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, contextmanager
@@ -39,6 +41,11 @@ class Base(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def time_ordered_id(prefix: str) -> str:
+    """`<prefix>_` + milliseconds + randomness: sorting by id is sorting by creation."""
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{os.urandom(6).hex()}"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -6,6 +6,7 @@ from emailmcp.mail.models import DeliveryAttempt, Message
 from emailmcp.oauth.models import OAuthState
 from emailmcp.tenancy.models import ApiKey, Tenant, TenantSettings
 from emailmcp.users.models import EndUser, Mailbox
+from emailmcp.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "ApiKey",
@@ -18,4 +19,8 @@ __all__ = [
     "OAuthState",
     "Tenant",
     "TenantSettings",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]

@@ -21,6 +21,12 @@ HTTP_LATENCY = Histogram(
     "emailmcp_http_request_duration_seconds", "Time to answer an HTTP request", ["method", "route"], registry=REGISTRY
 )
 
+WEBHOOK_ATTEMPTS = Counter(
+    "emailmcp_webhook_attempts",
+    "Webhook delivery attempts by result (success: a 2xx answer)",
+    ["result"],
+    registry=REGISTRY,
+)
 DELIVERY_OUTCOMES = Counter(
     "emailmcp_delivery_outcomes",
     "Delivery attempts by transport and outcome",
@@ -33,6 +39,17 @@ OLDEST_DUE_AGE = Gauge(
 )
 MAILBOXES = Gauge(
     "emailmcp_mailboxes", "Mailboxes by type and status (read at scrape time)", ["type", "status"], registry=REGISTRY
+)
+WEBHOOK_BACKLOG = Gauge(
+    "emailmcp_webhook_deliveries",
+    "Webhook deliveries not finished yet, by status: pending or sending (read at scrape time)",
+    ["status"],
+    registry=REGISTRY,
+)
+WEBHOOKS_DISABLED = Gauge(
+    "emailmcp_webhooks_disabled",
+    "Webhooks disabled, by their tenant or for failing (read at scrape time)",
+    registry=REGISTRY,
 )
 TOKEN_REFRESHES = Counter(
     "emailmcp_gmail_token_refreshes",
@@ -96,6 +113,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx2 logs every request's URL at info; webhook URLs may carry the receiver's own tokens.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
 class RequestContextMiddleware:

@@ -15,7 +15,6 @@ from emailmcp import db
 from emailmcp.errors import ConfigurationError
 from emailmcp.llm.service import Planners
 from emailmcp.mail.service import Outbox
-from emailmcp.mail.signal import OutboxSignal
 from emailmcp.oauth.credentials import GmailCredentials
 from emailmcp.oauth.google import GoogleOAuth
 from emailmcp.settings import Settings
@@ -23,6 +22,7 @@ from emailmcp.tenancy import service as tenancy_service
 from emailmcp.tenancy.rate_limit import RateLimiter
 from emailmcp.tenancy.service import KeyVerifier
 from emailmcp.vault import Vault, derive_key
+from emailmcp.wakeup import Wakeup
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +86,8 @@ class Runtime:
     rate_limiter: RateLimiter
     keys: KeyVerifier
     outbox: Outbox
-    outbox_signal: OutboxSignal
+    outbox_signal: Wakeup
+    webhook_signal: Wakeup  # new webhook deliveries in this process
     google: GoogleOAuth | None  # None until EMAILMCP_GOOGLE_CLIENT_ID is set
     gmail_credentials: GmailCredentials | None
     planners: Planners
@@ -98,7 +99,7 @@ class Runtime:
         engine = db.create_engine(settings)
         sessionmaker = db.create_sessionmaker(engine)
         key_pepper = derive_key(secret_key, "api-key pepper")
-        outbox_signal = OutboxSignal()
+        outbox_signal = Wakeup()
         vault = Vault.from_settings(secret_key, secret_spec)
         google = GoogleOAuth(settings) if settings.google_client_id else None
         return cls(
@@ -111,6 +112,7 @@ class Runtime:
             keys=KeyVerifier(engine, key_pepper),
             outbox=Outbox(engine, settings, outbox_signal),
             outbox_signal=outbox_signal,
+            webhook_signal=Wakeup(),
             google=google,
             gmail_credentials=GmailCredentials(engine, vault, google) if google else None,
             planners=Planners(settings),

@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     retention_days: int = Field(default=30, ge=1)
 
+    # Webhooks: events signed the Standard Webhooks way and delivered from an outbox
+    webhook_allow_http: bool = False
+    webhook_allow_private_hosts: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    webhook_retry_base_seconds: float = Field(default=5.0, ge=0)
+    webhook_retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+    webhook_disable_after_seconds: float = Field(default=24 * 3600.0, gt=0)
+    webhook_concurrency: int = Field(default=32, ge=1, le=1024)
+
     # Planning actions from prompts (/llm/inference)
     llm_provider: Literal["rules", "openai", "anthropic"] = "rules"
     llm_base_url: str | None = None

@@ -31,6 +31,8 @@ from emailmcp.tenancy.dependencies import CurrentRuntime, Session, count_request
 from emailmcp.tenancy.schemas import Scope
 from emailmcp.users import service as users
 from emailmcp.users.schemas import USER_ID_RULE, MailboxType, SmtpMailboxIn, UserCreate, UserId
+from emailmcp.webhooks import service as webhooks
+from emailmcp.webhooks.schemas import WebhookUpdate
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -299,6 +301,40 @@ async def message_page(request: Request, viewer: SignedIn, session: Session, mes
         except APIError:
             content = None  # erased after the retention period
     return render(request, "message.html", viewer, message=message, content=content)
+
+
+# Webhooks: each with its recent deliveries; a failed delivery can be retried, a disabled webhook enabled.
+
+RECENT_DELIVERIES = 10
+
+
+@router.get("/webhooks", response_class=HTMLResponse)
+async def webhooks_page(request: Request, viewer: SignedIn, session: Session):
+    _needs(viewer, Scope.admin)
+    listed = (await webhooks.list_webhooks(session, viewer.tenant)).webhooks
+    recent = {
+        hook.id: (
+            await webhooks.list_deliveries(session, viewer.tenant, hook.id, None, None, RECENT_DELIVERIES)
+        ).deliveries
+        for hook in listed
+    }
+    return render(request, "webhooks.html", viewer, webhooks=listed, deliveries=recent)
+
+
+@router.post("/webhooks/{webhook_id}/enable")
+async def enable_webhook(viewer: SignedIn, session: Session, runtime: CurrentRuntime, webhook_id: str):
+    _needs(viewer, Scope.admin)
+    await webhooks.update_webhook(session, viewer.tenant, runtime.settings, webhook_id, WebhookUpdate(enabled=True))
+    runtime.webhook_signal.notify()
+    return RedirectResponse("/dashboard/webhooks", status_code=303)
+
+
+@router.post("/webhooks/deliveries/{delivery_id}/retry")
+async def retry_webhook_delivery(viewer: SignedIn, session: Session, runtime: CurrentRuntime, delivery_id: str):
+    _needs(viewer, Scope.admin)
+    await webhooks.retry_delivery(session, viewer.tenant, runtime.settings, delivery_id)
+    runtime.webhook_signal.notify()
+    return RedirectResponse("/dashboard/webhooks", status_code=303)
 
 
 # Ask: a prompt through the planner, shown as an editable form, run only when confirmed.

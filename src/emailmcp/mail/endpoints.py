@@ -1,9 +1,10 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from emailmcp.mail import service
 from emailmcp.mail.schemas import (
+    TOKEN_PATTERN,
     EntryPoint,
     MessageContent,
     MessageDetail,
@@ -15,6 +16,9 @@ from emailmcp.mail.schemas import (
 from emailmcp.openapi import ERROR_RESPONSES
 from emailmcp.tenancy.dependencies import CurrentRuntime, MailContext, Session
 from emailmcp.users.endpoints import UserIdPath
+from emailmcp.users.schemas import USER_ID_PATTERN
+
+MessageIdPath = Annotated[str, Path(pattern=TOKEN_PATTERN, description="The message's id (msg_...).")]
 
 router = APIRouter(
     tags=["messages"], responses=ERROR_RESPONSES | {409: ERROR_RESPONSES[422] | {"description": "Conflict"}}
@@ -69,22 +73,22 @@ async def send(
 async def list_messages(
     ctx: MailContext,
     session: Session,
-    user_id: Annotated[str | None, Query(max_length=128)] = None,
+    user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
     status: StatusFilter | None = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(pattern=TOKEN_PATTERN)] = None,
 ) -> MessagePage:
     """Newest first. `status` takes any status, or `pending` for scheduled, queued and sending."""
     return await service.list_messages(session, ctx, user_id, status, cursor, limit)
 
 
 @router.get("/v1/messages/{message_id}", response_model=MessageDetail)
-async def get_message(message_id: str, ctx: MailContext, session: Session) -> MessageDetail:
+async def get_message(message_id: MessageIdPath, ctx: MailContext, session: Session) -> MessageDetail:
     return await service.get_message(session, ctx, message_id)
 
 
 @router.post("/v1/messages/{message_id}/cancel", response_model=MessageOut)
-async def cancel_message(message_id: str, ctx: MailContext, session: Session) -> MessageOut:
+async def cancel_message(message_id: MessageIdPath, ctx: MailContext, session: Session) -> MessageOut:
     """Cancels a scheduled or queued message; 409 once a worker has started on it."""
     return await service.cancel(session, ctx, message_id)
 
@@ -94,6 +98,6 @@ async def cancel_message(message_id: str, ctx: MailContext, session: Session) ->
     response_class=Response,
     responses={200: {"content": {"message/rfc822": {}}, "description": "The MIME source"}},
 )
-async def raw_message(message_id: str, ctx: MailContext, session: Session) -> Response:
+async def raw_message(message_id: MessageIdPath, ctx: MailContext, session: Session) -> Response:
     """The MIME source of a message kept by the capture transport."""
     return Response(await service.raw_mime(session, ctx, message_id), media_type="message/rfc822")

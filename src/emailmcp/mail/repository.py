@@ -8,12 +8,12 @@ from sqlalchemy.orm import selectinload
 
 from emailmcp.mail.models import DeliveryAttempt, Message
 from emailmcp.mail.schemas import PENDING_STATUSES, MessageStatus
-from emailmcp.mail.signal import CHANNEL
 from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.users.models import EndUser, Mailbox
+from emailmcp.wakeup import OUTBOX_CHANNEL
 
 _INSERT_MESSAGES = insert(Message.__table__)
-_NOTIFY_WORKERS = text(f"NOTIFY {CHANNEL}")
+_NOTIFY_WORKERS = text(f"NOTIFY {OUTBOX_CHANNEL}")
 
 
 async def insert_many(connection: AsyncConnection, rows: list[dict]) -> None:
@@ -121,9 +121,9 @@ def _due_ids():
 _DELIVERY_COLUMNS = [
     _messages.c[name]
     for name in (
-        "id", "user_pk", "transport", "via_mailbox", "message_id", "from_address", "from_name", "to", "cc", "bcc",
-        "reply_to", "subject", "body_type", "body", "text_body", "in_reply_to", "references", "attachments",
-        "next_attempt_at", "attempts", "created_at",
+        "id", "tenant_id", "user_pk", "transport", "via_mailbox", "message_id", "from_address", "from_name", "to",
+        "cc", "bcc", "reply_to", "subject", "body_type", "body", "text_body", "in_reply_to", "references",
+        "attachments", "next_attempt_at", "attempts", "created_at",
     )
 ]  # fmt: skip
 _CLAIM = (

@@ -9,6 +9,10 @@ from emailmcp.users.schemas import UserId
 
 # No CR, LF or NUL: anything that ends up in a header (subject, names, ids, filenames, content types).
 HeaderText = Annotated[str, StringConstraints(pattern=r"^[^\r\n\x00]*$")]
+# What a token in a path or a query string may hold: printable ASCII (no NUL, which PostgreSQL cannot compare).
+TOKEN_PATTERN = r"^[\x21-\x7e]{1,64}$"
+# Bodies may hold anything but NUL, which PostgreSQL cannot store.
+BodyText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
 MessageIdHeader = Annotated[str, StringConstraints(pattern=r"^<[^<>\s\x00]+@[^<>\s\x00]+>$", max_length=998)]
 
 
@@ -65,9 +69,9 @@ class MessageContent(BaseModel):
     cc: list[Address] = []
     bcc: list[Address] = []
     subject: Annotated[HeaderText, StringConstraints(max_length=998)] = ""
-    body: str = ""
+    body: BodyText = ""
     body_type: Literal["text", "html"] = "text"
-    text_body: str | None = Field(default=None, description="Plain-text part for html mail; derived when omitted.")
+    text_body: BodyText | None = Field(default=None, description="Plain-text part for html mail; derived when omitted.")
     reply_to: list[Address] = []
     in_reply_to: MessageIdHeader | None = None
     references: list[MessageIdHeader] = []

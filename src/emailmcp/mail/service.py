@@ -8,8 +8,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
@@ -21,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from emailmcp.batching import Batcher, Pending
-from emailmcp.db import utcnow
+from emailmcp.db import time_ordered_id, utcnow
 from emailmcp.errors import APIError, InvalidField, NotFound
 from emailmcp.mail import repository
 from emailmcp.mail.mime import POLICY, build_mime, new_message_id, outgoing_email
@@ -38,11 +36,13 @@ from emailmcp.mail.schemas import (
     SendPreview,
     StatusFilter,
 )
-from emailmcp.mail.signal import OutboxSignal
 from emailmcp.settings import Settings
 from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.users import service as users
 from emailmcp.users.schemas import MailboxStatus
+from emailmcp.wakeup import Wakeup
+from emailmcp.webhooks.events import emit, message_event
+from emailmcp.webhooks.schemas import EventType
 
 log = structlog.get_logger(__name__)
 
@@ -60,8 +60,7 @@ class Enqueued:
 
 
 def new_id() -> str:
-    """Time-ordered id, so sorting by id is sorting by creation."""
-    return f"msg_{time.time_ns() // 1_000_000:012x}{os.urandom(6).hex()}"
+    return time_ordered_id("msg")
 
 
 def request_fingerprint(user_id: str, content: MessageContent) -> str:
@@ -171,7 +170,7 @@ class Outbox:
     own answer only after its row is committed, and a refusal writes nothing for that send.
     """
 
-    def __init__(self, engine: AsyncEngine, settings: Settings, signal: OutboxSignal):
+    def __init__(self, engine: AsyncEngine, settings: Settings, signal: Wakeup):
         self._engine = engine
         self._settings = settings
         self._signal = signal
@@ -423,6 +422,18 @@ async def cancel(session: AsyncSession, ctx: TenantContext, message_id: str) -> 
         raise APIError(
             409, "not_cancellable", f"The message is {message.status}; only scheduled or queued ones can be cancelled."
         )
+    event = message_event(
+        EventType.message_cancelled,
+        ctx.tenant_id,
+        message.user_pk,
+        id=message.id,
+        message_id=message.message_id,
+        status=MessageStatus.cancelled,
+        transport=message.transport,
+        attempts=message.attempts,
+        error=None,
+    )
+    await emit(session, [event])
     await session.commit()
     await session.refresh(message)
     names = await repository.user_ids(session, ctx, {message.user_pk})

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import random
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,7 +28,6 @@ from emailmcp.db import utcnow
 from emailmcp.mail import repository
 from emailmcp.mail.mime import build_mime, outgoing_email
 from emailmcp.mail.schemas import MessageStatus
-from emailmcp.mail.signal import CHANNEL
 from emailmcp.mail.transports.base import PermanentError, SendResult, TransientError, Transport
 from emailmcp.mail.transports.capture import CaptureTransport
 from emailmcp.mail.transports.gmail import GmailTransport
@@ -37,10 +35,14 @@ from emailmcp.mail.transports.smtp import SmtpConfig, SmtpPool, SmtpTransport
 from emailmcp.network import resolve_public_host
 from emailmcp.oauth.credentials import CredentialsUnavailable, NeedsReauth, NotConnected
 from emailmcp.observability import DELIVERY_OUTCOMES
+from emailmcp.retries import backoff
 from emailmcp.runtime import Runtime
 from emailmcp.users.models import Mailbox
 from emailmcp.users.schemas import MailboxStatus, MailboxType
 from emailmcp.vault import SecretContext
+from emailmcp.wakeup import OUTBOX_CHANNEL, listen
+from emailmcp.webhooks.events import emit, message_event
+from emailmcp.webhooks.schemas import EventType
 
 log = structlog.get_logger(__name__)
 
@@ -50,12 +52,6 @@ HOUSEKEEPING_SECONDS = 300
 
 class Undeliverable(Exception):
     """The message cannot go out the way its user chose (mailbox removed, needs re-authorisation, ...)."""
-
-
-def backoff(settings, attempt: int, retry_after: float | None) -> timedelta:
-    """Exponential backoff with full jitter around the base, never sooner than the server asked."""
-    delay = settings.retry_base_seconds * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
-    return min(timedelta(seconds=max(delay, retry_after or 0)), MAX_BACKOFF)
 
 
 def _replied_to(message: Row) -> list[tuple[int, str]]:
@@ -135,7 +131,7 @@ class DeliveryWorker:
         log.info("worker_started", owner=self.owner, concurrency=self.concurrency)
         helpers = [asyncio.create_task(self._wake_on_stop(stop)), asyncio.create_task(self._wake_on_new_mail())]
         if not self.settings.is_sqlite:
-            helpers.append(asyncio.create_task(self._listen()))
+            helpers.append(asyncio.create_task(listen(self.runtime.engine, OUTBOX_CHANNEL, self.runtime.outbox_signal)))
         senders = [asyncio.create_task(self._send_loop(stop)) for _ in range(self.concurrency)]
         try:
             await self._database_loop(stop)
@@ -213,7 +209,7 @@ class DeliveryWorker:
         threads: dict[tuple[int, str], str] = {}
         try:
             conn = await self._connect()
-            lost = await self._record(conn, outcomes, given_back)
+            lost, webhooks = await self._record(conn, outcomes, given_back)
             if claim:
                 now = utcnow()
                 messages = await repository.claim_due(conn, self.owner, now, now + self._lease, claim)
@@ -222,6 +218,8 @@ class DeliveryWorker:
             if release:
                 await repository.release(conn, self.owner, utcnow())
             await conn.commit()
+            if webhooks:
+                self.runtime.webhook_signal.notify()
         except BaseException:
             self._outcomes[:0], self._given_back[:0] = outcomes, given_back
             if outcomes:
@@ -240,13 +238,17 @@ class DeliveryWorker:
             self._jobs.put_nowait(_Job(message, mailboxes.get(message.user_pk), claimed_at, thread))
         return len(messages)
 
-    async def _record(self, conn: AsyncConnection, outcomes: list[_Outcome], given_back: list[str]) -> set[str]:
-        """Writes outcomes and their delivery_attempts rows, and gives back `given_back`; returns the ids of the
-        messages whose lease was lost (another worker took them over), for which nothing is written."""
+    async def _record(
+        self, conn: AsyncConnection, outcomes: list[_Outcome], given_back: list[str]
+    ) -> tuple[set[str], int]:
+        """Writes outcomes, their delivery_attempts rows and their webhook events, and gives back `given_back`.
+
+        Returns the ids of the messages whose lease was lost (another worker took them over), for which nothing
+        is written, and how many webhook deliveries were queued."""
         if given_back:
             await repository.release(conn, self.owner, utcnow(), given_back)
         if not outcomes:
-            return set()
+            return set(), 0
         rows = [(o.message.id, o.values) for o in outcomes]
         attempts = [
             {
@@ -261,7 +263,7 @@ class DeliveryWorker:
             for o in outcomes
         ]
         if await repository.finish(conn, self.owner, rows, attempts):
-            return set()
+            return set(), await self._emit(conn, outcomes)
         # Some lease was lost: find out which, one by one.
         await conn.rollback()
         if given_back:
@@ -270,7 +272,32 @@ class DeliveryWorker:
         for row, attempt in zip(rows, attempts, strict=True):
             if not await repository.finish(conn, self.owner, [row], [attempt]):
                 lost.add(row[0])
-        return lost
+        return lost, await self._emit(conn, [o for o in outcomes if o.message.id not in lost])
+
+    async def _emit(self, conn: AsyncConnection, outcomes: list[_Outcome]) -> int:
+        """message.sent and message.failed events for the outcomes that finished their message."""
+        events = []
+        for o in outcomes:
+            status = o.values["status"]
+            if status not in (MessageStatus.sent, MessageStatus.failed):
+                continue
+            events.append(
+                message_event(
+                    EventType.message_sent if status == MessageStatus.sent else EventType.message_failed,
+                    o.message.tenant_id,
+                    o.message.user_pk,
+                    id=o.message.id,
+                    message_id=o.message.message_id,
+                    status=status,
+                    transport=o.message.transport,
+                    attempts=o.message.attempts,
+                    error=o.values.get("error"),
+                    refused_recipients=o.values.get("refused_recipients"),
+                    sent_at=o.values.get("sent_at"),
+                    provider_message_id=o.values.get("provider_message_id"),
+                )
+            )
+        return await emit(conn, events)
 
     async def _connect(self) -> AsyncConnection:
         """The worker's own database connection, held between transactions rather than taken from the pool."""
@@ -421,7 +448,7 @@ class DeliveryWorker:
             reason = f"attempts exhausted after {message.attempts} tries; last error: {exc.message}"
             self._finish(message, started, "transient_failure", exc.message, status=MessageStatus.failed, error=reason)
             return
-        retry_at = utcnow() + backoff(self.settings, message.attempts, exc.retry_after)
+        retry_at = utcnow() + backoff(self.settings.retry_base_seconds, message.attempts, exc.retry_after, MAX_BACKOFF)
         self._finish(
             message,
             started,
@@ -438,20 +465,3 @@ class DeliveryWorker:
             await repository.forget_idempotency_keys(session, now - timedelta(hours=24))
             await repository.erase_old_content(session, now - timedelta(days=self.settings.retention_days), now)
             await session.commit()
-
-    async def _listen(self) -> None:
-        """PostgreSQL: turns NOTIFY from any process into a wake-up of this worker."""
-        import psycopg
-
-        url = self.runtime.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    async for _ in conn.notifies():
-                        self.runtime.outbox_signal.notify()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("listen_failed", retry_seconds=5)
-                await asyncio.sleep(5)

@@ -12,8 +12,8 @@ import structlog
 from mcp.server.context import ServerRequestContext
 from mcp.server.stdio import stdio_server
 
+from emailmcp.background import run_background
 from emailmcp.errors import APIError
-from emailmcp.mail.worker import DeliveryWorker
 from emailmcp.mcp_server.server import build_server
 from emailmcp.runtime import Runtime
 from emailmcp.tenancy.schemas import Scope, TenantContext
@@ -41,7 +41,7 @@ async def serve_stdio(runtime: Runtime, api_key: str, run_worker: bool) -> None:
 
     server = build_server(runtime, caller)
     stop = asyncio.Event()
-    worker = asyncio.create_task(DeliveryWorker(runtime).run(stop)) if run_worker else None
+    worker = asyncio.create_task(run_background(runtime, stop)) if run_worker else None
     # A client that ends the server with SIGTERM (as desktop clients do) still gets in-flight sends recorded.
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)

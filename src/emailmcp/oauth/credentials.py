@@ -20,6 +20,8 @@ from emailmcp.observability import TOKEN_REFRESHES
 from emailmcp.users.models import Mailbox
 from emailmcp.users.schemas import MailboxStatus, MailboxType
 from emailmcp.vault import SecretContext, Vault
+from emailmcp.webhooks.events import Event, emit, mailbox_event
+from emailmcp.webhooks.schemas import EventType
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +115,8 @@ class GmailCredentials:
         except ProviderError as exc:
             async with self._engine.begin() as conn:
                 if exc.error == "invalid_grant":
-                    await repository.mark_needs_reauth(conn, user_pk, connected_at)
+                    if await repository.mark_needs_reauth(conn, user_pk, connected_at):
+                        await emit(conn, [_needs_reauth_event(row, exc)])
                 else:
                     await repository.end_refresh(conn, user_pk, connected_at)
             TOKEN_REFRESHES.labels(exc.error).inc()
@@ -162,3 +165,8 @@ class GmailCredentials:
 
     def _encrypt(self, row: Row, column: str, value: str) -> str:
         return self._vault.encrypt(value, self._context(row, column))
+
+
+def _needs_reauth_event(mailbox: Row, refusal: ProviderError) -> Event:
+    reason = f"invalid_grant: {refusal.description}" if refusal.description else "invalid_grant"
+    return mailbox_event(EventType.mailbox_needs_reauth, mailbox, MailboxStatus.needs_reauth, reason=reason)

@@ -58,6 +58,7 @@ _TOKENS = select(
     Mailbox.user_pk,
     Mailbox.tenant_id,
     Mailbox.type,
+    Mailbox.from_address,
     Mailbox.status,
     Mailbox.connected_at,
     Mailbox.oauth_access_token,
@@ -114,11 +115,17 @@ async def end_refresh(conn: AsyncConnection, user_pk: int, connected_at: datetim
     )
 
 
-async def mark_needs_reauth(conn: AsyncConnection, user_pk: int, connected_at: datetime) -> None:
-    """The grant is gone (revoked, expired, password changed): the tokens are useless, the user must reconnect."""
-    await conn.execute(
+async def mark_needs_reauth(conn: AsyncConnection, user_pk: int, connected_at: datetime) -> bool:
+    """The grant is gone (revoked, expired, password changed): the tokens are useless, the user must reconnect.
+
+    False when the connection was replaced, or marked already, meanwhile."""
+    result = await conn.execute(
         update(Mailbox)
-        .where(Mailbox.user_pk == user_pk, Mailbox.connected_at == connected_at)
+        .where(
+            Mailbox.user_pk == user_pk,
+            Mailbox.connected_at == connected_at,
+            Mailbox.status != MailboxStatus.needs_reauth,
+        )
         .values(
             status=MailboxStatus.needs_reauth,
             oauth_access_token=None,
@@ -127,3 +134,4 @@ async def mark_needs_reauth(conn: AsyncConnection, user_pk: int, connected_at: d
             oauth_refreshing_until=None,
         )
     )
+    return result.rowcount == 1

@@ -20,6 +20,8 @@ from emailmcp.users import service as users_service
 from emailmcp.users.models import EndUser, Mailbox
 from emailmcp.users.schemas import MailboxOut, MailboxStatus, MailboxType, SmtpMailboxIn
 from emailmcp.vault import SecretContext, Vault
+from emailmcp.webhooks.events import emit, mailbox_disconnected, mailbox_event
+from emailmcp.webhooks.schemas import EventType
 
 log = structlog.get_logger(__name__)
 
@@ -222,6 +224,7 @@ async def _connect(
         oauth_expires_at=tokens.expires_at,
         oauth_refreshing_until=None,
     )
+    await emit(session, [mailbox_event(EventType.mailbox_connected, mailbox, MailboxStatus.connected)])
     await session.commit()
     return users_service.mailbox_out(mailbox)
 
@@ -295,6 +298,7 @@ async def disconnect(
     if user.mailbox is None or user.mailbox.type != MailboxType.gmail:
         raise NotFound(f"a Gmail connection for user {user_id!r}", code="gmail_not_connected")
     revoked = await revoke_grant(google, grant_token(ctx, vault, user))
+    await emit(session, mailbox_disconnected(user.mailbox, "disconnected"))
     await users_repository.save_mailbox(
         session,
         ctx,

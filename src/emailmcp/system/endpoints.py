@@ -12,10 +12,19 @@ from emailmcp import __version__, db
 from emailmcp.db import utcnow
 from emailmcp.mail import repository as mail_repository
 from emailmcp.mail.schemas import MessageStatus
-from emailmcp.observability import MAILBOXES, OLDEST_DUE_AGE, QUEUE_DEPTH, REGISTRY
+from emailmcp.observability import (
+    MAILBOXES,
+    OLDEST_DUE_AGE,
+    QUEUE_DEPTH,
+    REGISTRY,
+    WEBHOOK_BACKLOG,
+    WEBHOOKS_DISABLED,
+)
 from emailmcp.tenancy.dependencies import CurrentRuntime
 from emailmcp.users import repository as users_repository
 from emailmcp.users.schemas import MailboxStatus, MailboxType
+from emailmcp.webhooks import repository as webhooks_repository
+from emailmcp.webhooks.schemas import DeliveryStatus
 
 router = APIRouter(tags=["system"])
 SERVICE = "emailmcp"
@@ -75,6 +84,7 @@ async def metrics(runtime: CurrentRuntime) -> Response:
             by_status = await mail_repository.count_by_status(session)
             oldest = await mail_repository.oldest_due(session, now)
             mailboxes = await users_repository.count_mailboxes(session)
+            webhook_backlog, webhooks_disabled = await webhooks_repository.backlog(session)
     except (SQLAlchemyError, OSError):
         pass
     else:
@@ -85,4 +95,7 @@ async def metrics(runtime: CurrentRuntime) -> Response:
             for status in MailboxStatus:
                 if status != MailboxStatus.not_connected:
                     MAILBOXES.labels(type_.value, status.value).set(mailboxes.get((type_.value, status.value), 0))
+        for status in (DeliveryStatus.pending, DeliveryStatus.sending):
+            WEBHOOK_BACKLOG.labels(status.value).set(webhook_backlog.get(status.value, 0))
+        WEBHOOKS_DISABLED.set(webhooks_disabled)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

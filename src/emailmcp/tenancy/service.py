@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from pydantic import ValidationError
 from sqlalchemy import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from emailmcp.batching import Batcher, Pending
@@ -57,8 +58,22 @@ async def get_tenant(session: AsyncSession, name: str) -> Tenant:
     return tenant
 
 
+async def operator_context(session: AsyncSession, name: str) -> TenantContext:
+    """The operator acting for a tenant from the command line: every scope, no key."""
+    tenant = await get_tenant(session, name)
+    return TenantContext(tenant_id=tenant.id, tenant_name=tenant.name, key_id="", scopes=frozenset(Scope))
+
+
 async def ensure_tenant(session: AsyncSession, name: str) -> Tenant:
-    return await repository.get_tenant(session, check_tenant_name(name)) or await repository.add_tenant(session, name)
+    """The tenant, created if new; when another process creates it at the same moment, that one."""
+    existing = await repository.get_tenant(session, check_tenant_name(name))
+    if existing is not None:
+        return existing
+    try:
+        async with session.begin_nested():
+            return await repository.add_tenant(session, name)
+    except IntegrityError:
+        return await get_tenant(session, name)
 
 
 async def create_key(

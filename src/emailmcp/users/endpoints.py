@@ -2,6 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
+from emailmcp.mail.schemas import TOKEN_PATTERN
 from emailmcp.oauth import service as gmail
 from emailmcp.openapi import ERROR_RESPONSES
 from emailmcp.tenancy.dependencies import AdminContext, CurrentRuntime, MailContext, Session
@@ -32,7 +33,7 @@ async def list_users(
     ctx: MailContext,
     session: Session,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(pattern=TOKEN_PATTERN)] = None,
 ) -> UserPage:
     return await service.list_users(session, ctx, cursor, limit)
 

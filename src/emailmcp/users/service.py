@@ -25,6 +25,8 @@ from emailmcp.users.schemas import (
     UserPage,
 )
 from emailmcp.vault import SecretContext, Vault
+from emailmcp.webhooks.events import emit, mailbox_disconnected, mailbox_event
+from emailmcp.webhooks.schemas import EventType
 
 MAX_PAGE = 200
 
@@ -159,6 +161,7 @@ async def get_profile(session: AsyncSession, ctx: TenantContext, user_id: str) -
 async def delete_user(session: AsyncSession, ctx: TenantContext, user_id: str) -> None:
     """Erases the user and, through the database's cascades, everything of theirs."""
     user = await get_user(session, ctx, user_id)
+    await emit(session, mailbox_disconnected(user.mailbox, "user_deleted"))
     await repository.delete_user(session, ctx, user)
     await session.commit()
 
@@ -205,6 +208,7 @@ async def set_smtp_mailbox(
         oauth_expires_at=None,
         oauth_refreshing_until=None,
     )
+    await emit(session, [mailbox_event(EventType.mailbox_connected, mailbox, MailboxStatus.connected)])
     await session.commit()
     return mailbox_out(mailbox)
 
@@ -213,5 +217,6 @@ async def delete_mailbox(session: AsyncSession, ctx: TenantContext, user_id: str
     user = await get_user(session, ctx, user_id)
     if user.mailbox is None:
         raise NotFound(f"a mailbox for user {user_id!r}", code="mailbox_not_found")
+    await emit(session, mailbox_disconnected(user.mailbox, "removed"))
     await repository.delete_mailbox(session, ctx, user)
     await session.commit()
