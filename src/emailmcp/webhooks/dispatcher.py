@@ -213,25 +213,29 @@ class WebhookDispatcher:
             await check_url(endpoint.url, self.settings)
             secrets = secrets_in_use(self.runtime.vault, endpoint, utcnow())
             headers = signing.headers(secrets, event.id, int(time.time()), body)
-            async with self._http.stream("POST", endpoint.url, content=body, headers=headers) as response:
-                status_code = response.status_code
-                retry_after = _retry_after(response.headers.get("retry-after"))
-                await self._drain(response)
-            if not 200 <= status_code < 300:
-                error = _answer_error(status_code)
+            # One deadline for the whole attempt, however slowly a receiver trickles its answer.
+            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
+                async with self._http.stream("POST", endpoint.url, content=body, headers=headers) as response:
+                    status_code = response.status_code
+                    retry_after = _retry_after(response.headers.get("retry-after"))
+                    await self._drain(response)
         except APIError as exc:
             error = exc.message
         except DecryptionError:
             error = "the signing secret cannot be decrypted: its encryption key is missing from this server"
-        except httpx2.TimeoutException:
-            error = f"no answer within {self.settings.webhook_timeout_seconds:g} s"
+        except (TimeoutError, httpx2.TimeoutException):
+            if status_code is None:  # once the status has come, the answer counts by it, whatever its body does
+                error = f"no answer within {self.settings.webhook_timeout_seconds:g} s"
         except httpx2.TransportError as exc:
-            error = f"could not connect: {exc}" if str(exc) else f"could not connect ({type(exc).__name__})"
+            if status_code is None:
+                error = f"could not connect: {exc}" if str(exc) else f"could not connect ({type(exc).__name__})"
         except Exception as exc:
             # Anything else (a URL the HTTP client cannot use, ...) is a failed attempt too, so that the delivery is
             # retried, fails in the end and counts against its webhook, rather than being leased again forever.
             log.warning("webhook_attempt_failed", delivery=job.delivery.id, error=type(exc).__name__)
             error = f"could not send ({type(exc).__name__})"
+        if status_code is not None and not 200 <= status_code < 300:
+            error = _answer_error(status_code)
         latency_ms = round((time.perf_counter() - clock) * 1000)
         return _Result(status_code, error, retry_after, latency_ms)
 
