@@ -310,6 +310,23 @@ LEAKS = (
 )
 
 
+def unique(prefix: str) -> str:
+    """A name no other test uses: for tenants, users, addresses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Polls `predicate` until it returns something true, which is returned; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
 def assert_error(response, status: int, code: str | None = None) -> dict:
     assert response.status_code == status, f"{response.status_code}: {response.text}"
     assert response.headers["content-type"].startswith("application/json"), response.headers

@@ -29,6 +29,14 @@ ROUTES = [
     ("POST", "/v1/oauth/authorize", "mail"),
     ("POST", "/v1/oauth/callback", "mail"),
     ("DELETE", "/v1/users/{user_id}/gmail", "admin"),
+    ("POST", "/v1/webhooks", "admin"),
+    ("GET", "/v1/webhooks", "admin"),
+    ("GET", "/v1/webhooks/{webhook_id}", "admin"),
+    ("PATCH", "/v1/webhooks/{webhook_id}", "admin"),
+    ("DELETE", "/v1/webhooks/{webhook_id}", "admin"),
+    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret", "admin"),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries", "admin"),
+    ("POST", "/v1/webhooks/deliveries/{delivery_id}/retry", "admin"),
 ]
 PUBLIC = {
     ("GET", path) for path in ("/", "/health", "/ready", "/metrics", "/docs", "/openapi.json", "/v1/oauth/callback")
@@ -52,6 +60,9 @@ BODIES = {
     ("POST", "/v1/messages"): {"user_id": PROBE_USER, "to": ["probe@example.com"], "body": "auth probe"},
     ("POST", "/v1/oauth/authorize"): {"user_id": PROBE_USER},
     ("POST", "/v1/oauth/callback"): {"code": "probe-code", "state": "probe-state"},
+    # A public address that needs no DNS; nothing is ever delivered to it (no events are subscribed here).
+    ("POST", "/v1/webhooks"): {"url": "https://8.8.8.8/hooks", "events": ["mailbox.needs_reauth"]},
+    ("PATCH", "/v1/webhooks/{webhook_id}"): {"description": "auth probe"},
 }
 # The agent endpoints take the key in X-API-Key (llm scope); execute-action also needs a mail key (X-MCP-API-Key).
 LLM_ROUTES = [
@@ -74,7 +85,15 @@ def call(client, route, headers: dict | None = None, user_id: str = PROBE_USER):
     method, template, _ = route
     body = BODIES.get((method, template))
     return client.request(
-        method, template.format(user_id=user_id, message_id="msg_0000000000000000000000000"), json=body, headers=headers
+        method,
+        template.format(
+            user_id=user_id,
+            message_id="msg_0000000000000000000000000",
+            webhook_id="wh_000000000000000000000000",
+            delivery_id="whd_000000000000000000000000",
+        ),
+        json=body,
+        headers=headers,
     )
 
 

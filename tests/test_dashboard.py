@@ -4,14 +4,13 @@ signing out; with the keyboard, labelled controls and no console errors. Screens
 tests/artifacts/screenshots/."""
 
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from playwright.sync_api import expect
 
-from conftest import Server
+from conftest import Server, unique
 from peers.chromium import Browser
 from peers.oidc import OidcProvider
 from peers.smtp import SmtpSink
@@ -37,10 +36,6 @@ def sink() -> Iterator[SmtpSink]:
 @pytest.fixture(scope="module")
 def server(start_module_server) -> Server:
     return start_module_server(**SMTP_ENV)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def new_tenant(server: Server, *scopes: str) -> str:

@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 import httpx2
 import pytest
 
-from conftest import BACKENDS, LEAKS, Server, backend_database_url
+from conftest import BACKENDS, LEAKS, Server, backend_database_url, unique
 from peers.webhooks import WebhookReceiver
 
 # Kept off, so that the SMTP form's refusal of a private host can be seen.
@@ -41,10 +41,6 @@ def session_rows(server: Server) -> list[tuple]:
 
     with psycopg.connect(url) as db:
         return db.execute("SELECT * FROM dashboard_sessions").fetchall()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def new_key(server: Server, *scopes: str) -> str:

@@ -11,14 +11,13 @@ import contextlib
 import os
 import signal
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import Server, assert_error
+from conftest import Server, assert_error, unique, wait_until
 from peers.smtp import SmtpSink, certificate
 
 # What every server here needs: the sink is on loopback, and retries must come quickly.
@@ -35,21 +34,6 @@ WRONG_PASSWORD = "wrong-Pa55word-never-shown"
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def get_message(client, message_id: str) -> dict:

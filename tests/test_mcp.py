@@ -17,7 +17,7 @@ from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import EMAILMCP, PostgresDatabase, Server, assert_error, require_postgres
+from conftest import EMAILMCP, PostgresDatabase, Server, assert_error, require_postgres, unique
 from emailmcp.actions.registry import ACTIONS
 from emailmcp.mcp_server.http import host_values
 from peers.smtp import SmtpSink
@@ -48,10 +48,6 @@ def server(start_module_server) -> Server:
 def tenant(server) -> dict[str, str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     return {"name": name, "key": server.create_key(name, "mail", "admin")}
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @asynccontextmanager

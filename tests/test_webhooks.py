@@ -17,7 +17,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from conftest import BACKENDS, PostgresDatabase, Server, assert_error, require_postgres
+from conftest import BACKENDS, PostgresDatabase, Server, assert_error, require_postgres, unique, wait_until
 from peers.smtp import SmtpSink
 from peers.webhooks import Delivery, WebhookReceiver
 
@@ -56,21 +55,6 @@ BODY = "The figures are attached. confidential-body-91c2"
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def tenant_client(server: Server):

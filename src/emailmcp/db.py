@@ -15,7 +15,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, DateTime, MetaData, event, text
+from sqlalchemy import Connection, DateTime, MetaData, Select, bindparam, event, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -41,6 +41,27 @@ class Base(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def longest_due_ids(id_column, due_column, kinds: list[tuple]) -> Select:
+    """The ids of the `limit` (a bind parameter) rows due longest, among several kinds of due rows (each a tuple of
+    conditions): the claim of an outbox.
+
+    Each kind is read in index order and cut at `limit` before the merge, so a claim reads a few index entries
+    rather than sorting the whole backlog. FOR UPDATE SKIP LOCKED on PostgreSQL (SQLite leaves it out)."""
+    firsts = []
+    for conditions in kinds:
+        first = (
+            select(id_column, due_column)
+            .where(*conditions)
+            .order_by(due_column)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+            .subquery()
+        )
+        firsts.append(select(first.c[id_column.name], first.c[due_column.name]))
+    due = firsts[0].union_all(*firsts[1:]).subquery()
+    return select(due.c[id_column.name]).order_by(due.c[due_column.name]).limit(bindparam("limit"))
 
 
 def time_ordered_id(prefix: str) -> str:

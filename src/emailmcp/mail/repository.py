@@ -6,6 +6,7 @@ from sqlalchemy import Row, bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import selectinload
 
+from emailmcp.db import longest_due_ids
 from emailmcp.mail.models import DeliveryAttempt, Message
 from emailmcp.mail.schemas import PENDING_STATUSES, MessageStatus
 from emailmcp.tenancy.schemas import TenantContext
@@ -91,30 +92,14 @@ _now = bindparam("now", type_=_messages.c.updated_at.type)
 
 
 def _due_ids():
-    """The ids of the `limit` longest due messages: queued or scheduled and due, or sending with an expired lease.
-
-    Each kind is read in index order and cut at `limit` before the merge, so a claim reads a few index entries
-    rather than sorting the whole backlog. FOR UPDATE SKIP LOCKED on PostgreSQL (SQLite leaves it out).
-    """
+    """Queued or scheduled and due, or sending with an expired lease."""
     c = _messages.c
-    kinds = (
+    kinds = [
         (c.status == MessageStatus.queued, c.next_attempt_at <= _now),
         (c.status == MessageStatus.scheduled, c.next_attempt_at <= _now),
         (c.status == MessageStatus.sending, c.lease_expires_at < _now),
-    )
-    firsts = []
-    for conditions in kinds:
-        first = (
-            select(c.id, c.next_attempt_at)
-            .where(*conditions)
-            .order_by(c.next_attempt_at)
-            .limit(bindparam("limit"))
-            .with_for_update(skip_locked=True)
-            .subquery()
-        )
-        firsts.append(select(first.c.id, first.c.next_attempt_at))
-    due = firsts[0].union_all(*firsts[1:]).subquery()
-    return select(due.c.id).order_by(due.c.next_attempt_at).limit(bindparam("limit"))
+    ]
+    return longest_due_ids(c.id, c.next_attempt_at, kinds)
 
 
 # What delivery needs of a message.

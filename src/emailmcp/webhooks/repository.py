@@ -6,6 +6,7 @@ from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import selectinload
 
+from emailmcp.db import longest_due_ids
 from emailmcp.tenancy.models import Tenant
 from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -114,27 +115,14 @@ _now = bindparam("now", type_=_deliveries.c.updated_at.type)
 
 
 def _due_ids():
-    """Pending and due, or sending with an expired lease; of enabled endpoints only. Each kind is read in index
-    order and cut at `limit` before the merge. FOR UPDATE SKIP LOCKED on PostgreSQL (SQLite leaves it out)."""
+    """Pending and due, or sending with an expired lease; of enabled endpoints only."""
     c = _deliveries.c
     enabled = c.endpoint_id.in_(select(_endpoints.c.id).where(_endpoints.c.enabled))
-    kinds = (
-        (c.status == DeliveryStatus.pending, c.next_attempt_at <= _now),
-        (c.status == DeliveryStatus.sending, c.lease_expires_at < _now),
-    )
-    firsts = []
-    for conditions in kinds:
-        first = (
-            select(c.id, c.next_attempt_at)
-            .where(*conditions, enabled)
-            .order_by(c.next_attempt_at)
-            .limit(bindparam("limit"))
-            .with_for_update(skip_locked=True)
-            .subquery()
-        )
-        firsts.append(select(first.c.id, first.c.next_attempt_at))
-    due = firsts[0].union_all(firsts[1]).subquery()
-    return select(due.c.id).order_by(due.c.next_attempt_at).limit(bindparam("limit"))
+    kinds = [
+        (c.status == DeliveryStatus.pending, c.next_attempt_at <= _now, enabled),
+        (c.status == DeliveryStatus.sending, c.lease_expires_at < _now, enabled),
+    ]
+    return longest_due_ids(c.id, c.next_attempt_at, kinds)
 
 
 _CLAIM = (
