@@ -481,6 +481,18 @@ def test_mailbox_forms_refuse_a_user_id_the_api_refuses(server, form):
 # 7. Tenancy.
 
 
+def test_ids_with_a_nul_or_control_character_are_refused_with_a_page(server):
+    with closing(sign_in(server, new_key(server, "mail", "admin"))) as client:
+        csrf = csrf_of(client)
+        for method, path in (
+            ("GET", "/dashboard/messages/msg_%00"),
+            ("POST", "/dashboard/webhooks/wh_%00/enable"),
+            ("POST", "/dashboard/webhooks/deliveries/whd_%01/retry"),
+        ):
+            response = client.request(method, path, data={"csrf_token": csrf} if method == "POST" else None)
+            error_page(response, 422)
+
+
 def test_another_tenants_user_and_message_are_not_found(server):
     key_a = new_key(server, "mail")
     key_b = new_key(server, "mail")

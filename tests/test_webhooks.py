@@ -15,16 +15,27 @@ import secrets
 import select
 import signal
 import socket
+import sqlite3
+import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx2
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from conftest import BACKENDS, PostgresDatabase, Server, assert_error, require_postgres, unique, wait_until
+from emailmcp.retries import backoff
+from emailmcp.webhooks.dispatcher import pinned
 from peers.smtp import SmtpSink
 from peers.webhooks import Delivery, WebhookReceiver
 
@@ -687,6 +698,58 @@ def test_an_endpoint_failing_too_long_is_disabled_and_resumes_when_enabled(start
 # -- 8. secret rotation --------------------------------------------------------------------------------------------
 
 
+def test_failures_hours_apart_are_not_a_day_of_failing(start_server):
+    """A webhook is disabled after failing for a day, not for two failures a day apart: a failure after a quiet gap
+    longer than the retries' longest pause starts a new failing streak."""
+    server = start_server(**WEBHOOK_ENV)
+    database = server.data_dir / "emailmcp.db"
+
+    def backdate(webhook_id: str, failing_since: timedelta, last_failure: timedelta) -> None:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        with closing(sqlite3.connect(database)) as db, db:
+            db.execute(
+                "UPDATE webhook_endpoints SET failing_since = ?, last_failure_at = ? WHERE id = ?",
+                ((now - failing_since).isoformat(" "), (now - last_failure).isoformat(" "), webhook_id),
+            )
+
+    with WebhookReceiver(answer=400) as receiver, tenant_client(server) as client:
+        hook = create_webhook(client, receiver.url, ["message.sent"])
+        user = unique("streak")
+
+        def fail_once() -> dict:
+            count = len(receiver.deliveries)
+            send(client, user)
+            receiver.wait_for(count + 1, accepted_only=False)
+            return wait_until(
+                lambda: (
+                    all(d["status"] == "failed" for d in deliveries_of(client, hook["id"]))
+                    and get_webhook(client, hook["id"])
+                ),
+                10,
+                "the failure to be recorded",
+            )
+
+        assert fail_once()["failing_since"]
+        # The last failure was 4 hours ago, the first 30: it was not failing meanwhile.
+        backdate(hook["id"], failing_since=timedelta(hours=30), last_failure=timedelta(hours=4))
+        webhook = fail_once()
+        assert webhook["enabled"] is True, webhook
+        assert datetime.now(UTC) - parse_time(webhook["failing_since"]) < timedelta(minutes=1), webhook
+        # Failing for 30 hours with no long gap: disabled.
+        backdate(hook["id"], failing_since=timedelta(hours=30), last_failure=timedelta(hours=1))
+        webhook = fail_once()
+        assert webhook["enabled"] is False and "no delivery has succeeded since" in webhook["disabled_reason"]
+
+
+def test_backoff_stays_within_its_cap_whatever_the_attempt_or_the_answer():
+    cap = timedelta(hours=2)
+    for attempt in (1, 46, 10_000):
+        assert timedelta(0) < backoff(5, attempt, None, cap) <= cap
+    for asked in (float("inf"), float("nan"), 1e30, -5.0):
+        assert timedelta(0) < backoff(5, 1, asked, cap) <= cap
+    assert backoff(5, 1, 60.0, cap) >= timedelta(seconds=60)
+
+
 def test_after_rotation_deliveries_verify_with_the_new_and_the_old_secret(shared_server):
     with WebhookReceiver() as receiver, tenant_client(shared_server) as client:
         hook = create_webhook(client, receiver.url, ["message.sent"])
@@ -881,3 +944,51 @@ def test_a_receiver_answering_byte_by_byte_cannot_hold_an_attempt_past_the_timeo
             "more time(s) while it was still open: the timeout must bound the whole attempt, not each read "
             "(webhooks/dispatcher.py, _attempt), or the attempt outlives its lease"
         )
+
+
+def name_only_certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate valid for `name` only (no IP address), and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def test_a_delivery_goes_to_the_checked_address_with_its_name_kept_for_tls_and_host(tmp_path):
+    """Against DNS rebinding, a delivery connects to the address its host was checked to have, not to a second
+    lookup; the name stays in the Host header and in TLS, where the certificate is verified against it."""
+    cert_file, key_file = name_only_certificate(tmp_path, "hooks.test")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_file, key_file)
+    client_tls = ssl.create_default_context(cafile=str(cert_file))
+    with WebhookReceiver(tls=server_tls) as receiver:
+        url = f"https://hooks.test:{receiver.port}/hooks"  # a name no resolver knows
+        headers: dict[str, str] = {}
+        target, extensions = pinned(url, "127.0.0.1", headers)
+        assert str(target) == f"https://127.0.0.1:{receiver.port}/hooks"
+        with httpx2.Client(verify=client_tls) as client:
+            response = client.post(target, content=b"{}", headers=headers, extensions=extensions)
+            assert response.status_code == 200
+            [delivery] = receiver.wait_for(1)
+            assert delivery.headers["host"] == f"hooks.test:{receiver.port}"
+        # The certificate names hooks.test only: without the name kept for TLS, verification fails.
+        with httpx2.Client(verify=client_tls) as client, pytest.raises(httpx2.ConnectError):
+            client.post(target, content=b"{}", headers=headers)
+    assert pinned(url, None, {}) == (httpx2.URL(url), {})  # private hosts allowed: the name as it is

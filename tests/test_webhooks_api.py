@@ -324,7 +324,7 @@ def test_bad_bodies_are_422_naming_the_field_and_store_nothing(client_of):
 def test_bad_ids_and_query_parameters(client_of):
     client = client_of("main")
     assert_error(client.get("/v1/webhooks/wh_000000000000000000000000"), 404, "webhook_not_found")
-    assert_error(client.get("/v1/webhooks/" + "x" * 33), 422, "validation_error")
+    assert_error(client.get("/v1/webhooks/" + "x" * 65), 422, "validation_error")
     assert_error(client.post("/v1/webhooks/wh_nope/rotate-secret"), 404, "webhook_not_found")
     assert_error(client.get("/v1/webhooks/wh_nope/deliveries"), 404, "webhook_not_found")
     webhook = create(client)
@@ -336,7 +336,7 @@ def test_bad_ids_and_query_parameters(client_of):
         ({"status": "lost"}, "query.status.0"),
         ({"cursor": "abc"}, "cursor"),
         ({"cursor": "wh_" + "0" * 24}, "cursor"),
-        ({"cursor": "whd_" + "0" * 40}, "query.cursor"),
+        ({"cursor": "whd_" + "0" * 40}, "cursor"),
         ({"cursor": "c" * 65}, "query.cursor"),
     ):
         response = client.get(deliveries, params=params)
@@ -625,7 +625,7 @@ def test_deliveries_listing_paging_filters_and_retries(client_of):
             client.post("/v1/webhooks/deliveries/whd_000000000000000000000000/retry"), 404, "delivery_not_found"
         )
         assert_error(client.post("/v1/webhooks/deliveries/nope/retry"), 404, "delivery_not_found")
-        assert_error(client.post("/v1/webhooks/deliveries/" + "x" * 33 + "/retry"), 422, "validation_error")
+        assert_error(client.post("/v1/webhooks/deliveries/" + "x" * 65 + "/retry"), 422, "validation_error")
         assert client.patch(f"/v1/webhooks/{webhook['id']}", json={"enabled": False}).json()["enabled"] is False
         refused = client.post(f"/v1/webhooks/deliveries/{succeeded['id']}/retry")
         error = assert_error(refused, 409, "webhook_disabled")

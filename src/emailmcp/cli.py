@@ -285,8 +285,12 @@ def webhooks_create(
     description: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Subscribe a URL to events. Prints the webhook with its signing secret, which is not shown again."""
-    data = WebhookIn(url=url, events=event, description=description)
-    _for_tenant(tenant, lambda s, r, ctx: webhooks.create_webhook(s, ctx, r.vault, r.settings, data))
+
+    def create(session: AsyncSession, runtime: Runtime, ctx: TenantContext):
+        data = WebhookIn(url=url, events=event, description=description)
+        return webhooks.create_webhook(session, ctx, runtime.vault, runtime.settings, data)
+
+    _for_tenant(tenant, create)
 
 
 @webhooks_app.command("list")
@@ -310,8 +314,12 @@ def webhooks_update(
 ) -> None:
     """Change a webhook; only the options given change. --enable resumes waiting deliveries at once."""
     given = {"url": url, "events": event, "description": description, "enabled": enabled}
-    data = WebhookUpdate(**{name: value for name, value in given.items() if value is not None})
-    _for_tenant(tenant, lambda s, r, ctx: webhooks.update_webhook(s, ctx, r.settings, webhook_id, data))
+
+    def update(session: AsyncSession, runtime: Runtime, ctx: TenantContext):
+        data = WebhookUpdate(**{name: value for name, value in given.items() if value is not None})
+        return webhooks.update_webhook(session, ctx, runtime.settings, webhook_id, data)
+
+    _for_tenant(tenant, update)
 
 
 @webhooks_app.command("delete")

@@ -64,6 +64,11 @@ def longest_due_ids(id_column, due_column, kinds: list[tuple]) -> Select:
     return select(due.c[id_column.name]).order_by(due.c[due_column.name]).limit(bindparam("limit"))
 
 
+# What an id or cursor from a client may hold before it reaches a query: printable ASCII, so no NUL (PostgreSQL can
+# neither store nor compare it) and no control characters.
+TOKEN_PATTERN = r"^[\x21-\x7e]{1,64}$"
+
+
 def time_ordered_id(prefix: str) -> str:
     """`<prefix>_` + milliseconds + randomness: sorting by id is sorting by creation."""
     return f"{prefix}_{time.time_ns() // 1_000_000:012x}{os.urandom(6).hex()}"

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     webhook_allow_private_hosts: bool = False
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
-    webhook_retry_base_seconds: float = Field(default=5.0, ge=0)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
     webhook_disable_after_seconds: float = Field(default=24 * 3600.0, gt=0)
     webhook_concurrency: int = Field(default=32, ge=1, le=1024)

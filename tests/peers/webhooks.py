@@ -6,12 +6,14 @@
         event = receiver.verify(delivery, secret)   # standardwebhooks' own check, or it raises
 
 Knobs: `answer` (the status code to reply with, or a function of the request returning one), `delay` (seconds to
-wait before replying), `reply_headers` (extra headers of every answer, e.g. Retry-After), and `stop()`/`start()` on
-the same port to take the receiver down and bring it back.
+wait before replying), `reply_headers` (extra headers of every answer, e.g. Retry-After), `tls` (a server-side
+SSLContext: the receiver speaks https), and `stop()`/`start()` on the same port to take the receiver down and
+bring it back.
 """
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -52,8 +54,11 @@ class _Server(ThreadingHTTPServer):
 class WebhookReceiver:
     host = "127.0.0.1"
 
-    def __init__(self, answer: int | Callable[["Delivery"], int] = 200, delay: float = 0.0) -> None:
+    def __init__(
+        self, answer: int | Callable[["Delivery"], int] = 200, delay: float = 0.0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.port = free_port()
+        self.tls = tls  # a server-side context: the receiver speaks https
         self.answer = answer
         self.delay = delay
         self.reply_headers: dict[str, str] = {}  # sent with every answer, e.g. {"retry-after": "60"}
@@ -64,7 +69,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/hooks"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/hooks"
 
     def start(self) -> "WebhookReceiver":
         """Starts listening (again) on the same port."""
@@ -93,6 +98,8 @@ class WebhookReceiver:
                 pass
 
         self._server = _Server((self.host, self.port), Handler)
+        if self.tls:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -1,10 +1,10 @@
 """The dashboard's pages: thin handlers that read the signed-in viewer, call the domain services in-process, and
 render a template. Refusals from the services (APIError) are shown in place, on the page that caused them."""
 
-from pathlib import Path
+import pathlib
 from typing import Annotated, Any, get_args
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Form, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -18,6 +18,7 @@ from emailmcp.actions import registry
 from emailmcp.actions.base import ActionContext
 from emailmcp.dashboard import auth, presenters
 from emailmcp.dashboard.auth import CsrfRefused, SignInRequired, Viewer
+from emailmcp.db import TOKEN_PATTERN
 from emailmcp.errors import APIError, InvalidField, NotFound, api_error_response, validation_details
 from emailmcp.llm import service as llm
 from emailmcp.llm.schemas import InferenceIn
@@ -34,7 +35,7 @@ from emailmcp.users.schemas import USER_ID_RULE, MailboxType, SmtpMailboxIn, Use
 from emailmcp.webhooks import service as webhooks
 from emailmcp.webhooks.schemas import WebhookUpdate
 
-HERE = Path(__file__).parent
+HERE = pathlib.Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 RANGES = [(r.value, r.value.replace("_", " ").capitalize()) for r in TimeRange]
@@ -63,6 +64,8 @@ def _checked_user_id(user_id: str) -> str:
 
 
 UserIdInPath = Annotated[str, Depends(_checked_user_id)]
+# An id anything but printable ASCII names nothing: a 404 page, never a query (PostgreSQL refuses NUL).
+TokenInPath = Annotated[str, Path(pattern=TOKEN_PATTERN)]
 
 
 def render(request: Request, template: str, viewer: Viewer | None, status_code: int = 200, **context: Any):
@@ -291,7 +294,7 @@ async def message_rows(request: Request, viewer: SignedIn, session: Session, use
 
 
 @router.get("/messages/{message_id}", response_class=HTMLResponse)
-async def message_page(request: Request, viewer: SignedIn, session: Session, message_id: str):
+async def message_page(request: Request, viewer: SignedIn, session: Session, message_id: TokenInPath):
     _needs(viewer, Scope.mail)
     message = await mail.get_message(session, viewer.tenant, message_id)
     content = None
@@ -322,7 +325,7 @@ async def webhooks_page(request: Request, viewer: SignedIn, session: Session):
 
 
 @router.post("/webhooks/{webhook_id}/enable")
-async def enable_webhook(viewer: SignedIn, session: Session, runtime: CurrentRuntime, webhook_id: str):
+async def enable_webhook(viewer: SignedIn, session: Session, runtime: CurrentRuntime, webhook_id: TokenInPath):
     _needs(viewer, Scope.admin)
     await webhooks.update_webhook(session, viewer.tenant, runtime.settings, webhook_id, WebhookUpdate(enabled=True))
     runtime.webhook_signal.notify()
@@ -330,7 +333,7 @@ async def enable_webhook(viewer: SignedIn, session: Session, runtime: CurrentRun
 
 
 @router.post("/webhooks/deliveries/{delivery_id}/retry")
-async def retry_webhook_delivery(viewer: SignedIn, session: Session, runtime: CurrentRuntime, delivery_id: str):
+async def retry_webhook_delivery(viewer: SignedIn, session: Session, runtime: CurrentRuntime, delivery_id: TokenInPath):
     _needs(viewer, Scope.admin)
     await webhooks.retry_delivery(session, viewer.tenant, runtime.settings, delivery_id)
     runtime.webhook_signal.notify()

@@ -2,9 +2,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
+from emailmcp.db import TOKEN_PATTERN
 from emailmcp.mail import service
 from emailmcp.mail.schemas import (
-    TOKEN_PATTERN,
     EntryPoint,
     MessageContent,
     MessageDetail,

@@ -9,10 +9,16 @@ from emailmcp.users.schemas import UserId
 
 # No CR, LF or NUL: anything that ends up in a header (subject, names, ids, filenames, content types).
 HeaderText = Annotated[str, StringConstraints(pattern=r"^[^\r\n\x00]*$")]
-# What a token in a path or a query string may hold: printable ASCII (no NUL, which PostgreSQL cannot compare).
-TOKEN_PATTERN = r"^[\x21-\x7e]{1,64}$"
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 # Bodies may hold anything but NUL, which PostgreSQL cannot store.
-BodyText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+BodyText = Annotated[str, AfterValidator(_no_nul)]
 MessageIdHeader = Annotated[str, StringConstraints(pattern=r"^<[^<>\s\x00]+@[^<>\s\x00]+>$", max_length=998)]
 
 

@@ -65,14 +65,16 @@ async def operator_context(session: AsyncSession, name: str) -> TenantContext:
 
 
 async def ensure_tenant(session: AsyncSession, name: str) -> Tenant:
-    """The tenant, created if new; when another process creates it at the same moment, that one."""
+    """The tenant, created if new; when another process creates it at the same moment, that one.
+
+    Called before anything else is written in the session: losing that race rolls the session back."""
     existing = await repository.get_tenant(session, check_tenant_name(name))
     if existing is not None:
         return existing
     try:
-        async with session.begin_nested():
-            return await repository.add_tenant(session, name)
+        return await repository.add_tenant(session, name)
     except IntegrityError:
+        await session.rollback()
         return await get_tenant(session, name)
 
 

@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from emailmcp.mail.schemas import TOKEN_PATTERN
+from emailmcp.db import TOKEN_PATTERN
 from emailmcp.oauth import service as gmail
 from emailmcp.openapi import ERROR_RESPONSES
 from emailmcp.tenancy.dependencies import AdminContext, CurrentRuntime, MailContext, Session

@@ -10,6 +10,7 @@ disabled, with the reason; its waiting deliveries resume when it is enabled agai
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import time
@@ -40,6 +41,9 @@ MAX_BACKOFF = timedelta(hours=2)
 HOUSEKEEPING_SECONDS = 300
 # An attempt waits at most this long to be recorded with others.
 RECORD_DELAY = 0.05
+# A webhook failing continuously sees a failed attempt at least every MAX_BACKOFF (with jitter); a longer gap
+# between failures means it was not failing meanwhile, so its failing streak starts again.
+FAILURE_STREAK_GAP = MAX_BACKOFF * 1.5
 RETRIED_STATUSES = frozenset({408, 429})
 
 
@@ -112,7 +116,8 @@ class WebhookDispatcher:
             if self._in_flight:
                 await asyncio.wait(self._in_flight, timeout=self.settings.webhook_timeout_seconds + 5)
             try:
-                # What was attempted is recorded; what is still leased (never attempted) is given back.
+                # What finished is recorded; what is still leased (attempts that did not finish in time) is given
+                # back, to be attempted again.
                 await self._write(self._finished, 0)
                 async with self.runtime.engine.begin() as conn:
                     await repository.release(conn, self.owner, utcnow())
@@ -148,10 +153,10 @@ class WebhookDispatcher:
             write = self._finished and (len(self._finished) >= self._batch or waited >= RECORD_DELAY)
             if claim or write:
                 finished, self._finished = self._finished, []
+                if now >= next_housekeeping:
+                    next_housekeeping = now + HOUSEKEEPING_SECONDS
+                    await self._housekeeping()
                 try:
-                    if now >= next_housekeeping:
-                        await self._housekeeping()
-                        next_housekeeping = now + HOUSEKEEPING_SECONDS
                     for job in await self._write(finished, claim):
                         task = asyncio.create_task(self._deliver(job))
                         self._in_flight.add(task)
@@ -210,12 +215,14 @@ class WebhookDispatcher:
         status_code = retry_after = None
         error = None
         try:
-            await check_url(endpoint.url, self.settings)
+            address = await check_url(endpoint.url, self.settings)
             secrets = secrets_in_use(self.runtime.vault, endpoint, utcnow())
             headers = signing.headers(secrets, event.id, int(time.time()), body)
+            url, extensions = pinned(endpoint.url, address, headers)
             # One deadline for the whole attempt, however slowly a receiver trickles its answer.
             async with asyncio.timeout(self.settings.webhook_timeout_seconds):
-                async with self._http.stream("POST", endpoint.url, content=body, headers=headers) as response:
+                request = self._http.stream("POST", url, content=body, headers=headers, extensions=extensions)
+                async with request as response:
                     status_code = response.status_code
                     retry_after = _retry_after(response.headers.get("retry-after"))
                     await self._drain(response)
@@ -271,12 +278,18 @@ class WebhookDispatcher:
                 else:
                     log.warning("webhook_lease_lost", delivery=f.job.delivery.id)
             finished = kept
-        alive = {f.job.endpoint.id for f in finished if f.result.succeeded}
-        if alive:
-            await repository.endpoints_succeeded(conn, alive)
-        failing = {f.job.endpoint.id: f for f in finished if f.job.endpoint.id not in alive}
-        for f in failing.values():
-            await self._note_failure(conn, f.job.endpoint, f.result, now)
+        # One verdict per endpoint (any success means it is alive), written in id order so that concurrent
+        # dispatchers lock endpoint rows in the same order.
+        verdicts: dict[str, _Finished] = {}
+        for f in finished:
+            if f.job.endpoint.id not in verdicts or f.result.succeeded:
+                verdicts[f.job.endpoint.id] = f
+        for endpoint_id in sorted(verdicts):
+            f = verdicts[endpoint_id]
+            if f.result.succeeded:
+                await repository.endpoint_succeeded(conn, endpoint_id)
+            else:
+                await self._note_failure(conn, f.job.endpoint, f.result, now)
 
     def _outcome(self, finished: _Finished, now: datetime) -> dict:
         """The delivery's new column values (the same columns whatever the outcome, for one batched UPDATE)."""
@@ -301,8 +314,8 @@ class WebhookDispatcher:
 
     async def _note_failure(self, conn: AsyncConnection, endpoint: Row, result: _Result, now: datetime) -> None:
         """Counts a failure against the endpoint; disables it once it has failed, without a success, for long enough."""
-        failing_since = await repository.endpoint_failed(conn, endpoint.id, now)
-        if failing_since is None or now - failing_since < self._disable_after:
+        failing_since = await repository.endpoint_failed(conn, endpoint.id, now, FAILURE_STREAK_GAP)
+        if now - failing_since < self._disable_after:
             return
         reason = (
             f"Disabled at {now.isoformat(timespec='seconds')}: no delivery has succeeded since "
@@ -312,16 +325,21 @@ class WebhookDispatcher:
             log.warning("webhook_disabled", tenant_id=endpoint.tenant_id, webhook_id=endpoint.id)
 
     async def _housekeeping(self) -> None:
-        async with self.runtime.engine.begin() as conn:
-            await repository.forget_events(conn, utcnow() - timedelta(days=self.settings.retention_days))
+        """Forgets events past the retention period; a failure here waits for the next round, delivering goes on."""
+        try:
+            async with self.runtime.engine.begin() as conn:
+                await repository.forget_events(conn, utcnow() - timedelta(days=self.settings.retention_days))
+        except Exception:
+            log.exception("webhook_housekeeping_failed", retry_seconds=HOUSEKEEPING_SECONDS)
 
 
 def _retry_after(value: str | None) -> float | None:
     """Retry-After in seconds (the HTTP-date form is ignored; the backoff applies then)."""
     try:
-        return max(float(value), 0.0) if value else None
+        seconds = float(value) if value else None
     except ValueError:
         return None
+    return max(seconds, 0.0) if seconds is not None and math.isfinite(seconds) else None
 
 
 def _answer_error(status_code: int) -> str:
@@ -329,3 +347,14 @@ def _answer_error(status_code: int) -> str:
         return f"the receiver answered {status_code}; redirects are not followed"
     retried = status_code in RETRIED_STATUSES or status_code >= 500
     return f"the receiver answered {status_code}" + ("" if retried else "; only 408, 429 and 5xx answers are retried")
+
+
+def pinned(url: str, address: str | None, headers: dict[str, str]) -> tuple[httpx2.URL, dict]:
+    """The request for `url` sent to the checked `address`: the host stays in the Host header and, over https, in
+    the TLS server name, against which the certificate is verified. Without an address, `url` as it is."""
+    target = httpx2.URL(url)
+    if address is None:
+        return target, {}
+    headers["host"] = target.netloc.decode("ascii")
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    return target.copy_with(host=address), extensions

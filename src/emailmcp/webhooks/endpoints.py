@@ -2,11 +2,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
+from emailmcp.db import TOKEN_PATTERN
 from emailmcp.openapi import ERROR_RESPONSES
 from emailmcp.tenancy.dependencies import AdminContext, CurrentRuntime, Session
 from emailmcp.webhooks import service
 from emailmcp.webhooks.schemas import (
-    ID_PATTERN,
     DeliveryOut,
     DeliveryPage,
     DeliveryStatus,
@@ -19,8 +19,8 @@ from emailmcp.webhooks.schemas import (
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 
-WebhookIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="The webhook's id (wh_...).")]
-DeliveryIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="The delivery's id (whd_...).")]
+WebhookIdPath = Annotated[str, Path(pattern=TOKEN_PATTERN, description="The webhook's id (wh_...).")]
+DeliveryIdPath = Annotated[str, Path(pattern=TOKEN_PATTERN, description="The delivery's id (whd_...).")]
 
 
 @router.post("", response_model=WebhookWithSecret, status_code=status.HTTP_201_CREATED)
@@ -69,7 +69,7 @@ async def list_deliveries(
     session: Session,
     delivery_status: Annotated[list[DeliveryStatus] | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
-    cursor: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    cursor: Annotated[str | None, Query(pattern=TOKEN_PATTERN)] = None,
 ) -> DeliveryPage:
     """The webhook's deliveries, newest first, each with its attempts (status code, latency, error)."""
     return await service.list_deliveries(session, ctx, webhook_id, delivery_status, cursor, limit)

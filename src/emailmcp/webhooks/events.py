@@ -99,10 +99,16 @@ async def emit(db: AsyncConnection | AsyncSession, events: list[Event]) -> int:
             )
     await db.execute(insert(WebhookEvent.__table__), event_rows)
     await db.execute(insert(WebhookDelivery.__table__), delivery_rows)
+    await notify_dispatchers(db)
+    return len(delivery_rows)
+
+
+async def notify_dispatchers(db: AsyncConnection | AsyncSession) -> None:
+    """PostgreSQL: wakes the dispatchers of every process when the caller's transaction commits. (In one process,
+    callers notify `runtime.webhook_signal`; on SQLite, dispatchers also poll.)"""
     bind = db.bind if isinstance(db, AsyncSession) else db
     if bind.dialect.name == "postgresql":
         await db.execute(_NOTIFY_DISPATCHERS)
-    return len(delivery_rows)
 
 
 def payload(event_id: str, event_type: str, created_at: datetime, data: dict) -> dict:

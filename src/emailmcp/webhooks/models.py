@@ -22,8 +22,10 @@ class WebhookEndpoint(Base):
     # After a rotation, deliveries are signed with both secrets until this time, so receivers can switch over.
     previous_secret: Mapped[str | None] = mapped_column(Text, info={"secret": True})
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # The first failed attempt since the last success; an endpoint failing for long enough is disabled.
+    # The first failed attempt since the last success, and the latest; an endpoint failing for long enough, with no
+    # long quiet gap between failures, is disabled.
     failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -1,8 +1,8 @@
 """SQL for webhooks. Tenant-facing functions take the tenant context; dispatcher functions work across tenants."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import Row, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -15,7 +15,7 @@ from emailmcp.webhooks.schemas import DeliveryStatus
 
 async def lock_tenant(session: AsyncSession, ctx: TenantContext) -> None:
     """Serialises changes to the tenant's set of webhooks (a row lock on PostgreSQL; SQLite has one writer)."""
-    await session.execute(select(Tenant.id).where(Tenant.id == ctx.tenant_id).with_for_update())
+    await session.execute(select(Tenant.id).where(Tenant.id == ctx.tenant_id).with_for_update(key_share=True))
 
 
 async def count_endpoints(session: AsyncSession, ctx: TenantContext) -> int:
@@ -46,8 +46,10 @@ async def delete_endpoint(session: AsyncSession, ctx: TenantContext, endpoint_id
     )
 
 
-async def make_pending_due(session: AsyncSession, ctx: TenantContext, endpoint_id: str, now: datetime) -> None:
-    """An endpoint enabled again: its waiting deliveries are due now."""
+async def make_pending_due(
+    session: AsyncSession, ctx: TenantContext, endpoint_id: str, now: datetime, retry_until: datetime
+) -> None:
+    """An endpoint enabled again: its waiting deliveries are due now, with a fresh retry window."""
     await session.execute(
         update(WebhookDelivery)
         .where(
@@ -55,7 +57,7 @@ async def make_pending_due(session: AsyncSession, ctx: TenantContext, endpoint_i
             WebhookDelivery.endpoint_id == endpoint_id,
             WebhookDelivery.status == DeliveryStatus.pending,
         )
-        .values(next_attempt_at=now, updated_at=now)
+        .values(next_attempt_at=now, retry_until=retry_until, updated_at=now)
         .execution_options(synchronize_session=False)
     )
 
@@ -162,13 +164,7 @@ _FINISH = update(_deliveries).where(
 _RELEASE = (
     update(_deliveries)
     .where(_deliveries.c.lease_owner == bindparam("owner"), _deliveries.c.status == DeliveryStatus.sending)
-    .values(
-        status=DeliveryStatus.pending,
-        lease_owner=None,
-        lease_expires_at=None,
-        next_attempt_at=_now,
-        attempts=_deliveries.c.attempts - 1,
-    )
+    .values(status=DeliveryStatus.pending, lease_owner=None, lease_expires_at=None, next_attempt_at=_now)
 )
 
 
@@ -200,23 +196,26 @@ async def finish(conn: AsyncConnection, owner: str, outcomes: list[tuple[str, di
     return True
 
 
-async def endpoints_succeeded(conn: AsyncConnection, endpoint_ids: set[str]) -> None:
+async def endpoint_succeeded(conn: AsyncConnection, endpoint_id: str) -> None:
     await conn.execute(
         update(_endpoints)
-        .where(_endpoints.c.id.in_(endpoint_ids), _endpoints.c.failing_since.is_not(None))
-        .values(failing_since=None)
+        .where(_endpoints.c.id == endpoint_id, _endpoints.c.failing_since.is_not(None))
+        .values(failing_since=None, last_failure_at=None)
     )
 
 
-async def endpoint_failed(conn: AsyncConnection, endpoint_id: str, now: datetime) -> datetime | None:
-    """Notes a failure; returns since when the endpoint has been failing without a success."""
+async def endpoint_failed(conn: AsyncConnection, endpoint_id: str, now: datetime, streak_gap: timedelta) -> datetime:
+    """Notes a failure; returns since when the endpoint has been failing without a success. A failure more than
+    `streak_gap` after the one before starts a new streak: the endpoint was not seen failing in between."""
+    c = _endpoints.c
+    fresh = or_(c.failing_since.is_(None), c.last_failure_at.is_(None), c.last_failure_at < now - streak_gap)
     result = await conn.execute(
         update(_endpoints)
-        .where(_endpoints.c.id == endpoint_id)
-        .values(failing_since=func.coalesce(_endpoints.c.failing_since, now))
-        .returning(_endpoints.c.failing_since)
+        .where(c.id == endpoint_id)
+        .values(failing_since=case((fresh, now), else_=c.failing_since), last_failure_at=now)
+        .returning(c.failing_since)
     )
-    return result.scalar()
+    return result.scalar_one()
 
 
 async def disable_endpoint(conn: AsyncConnection, endpoint_id: str, reason: str, now: datetime) -> bool:
@@ -230,7 +229,8 @@ async def disable_endpoint(conn: AsyncConnection, endpoint_id: str, reason: str,
 
 
 async def release(conn: AsyncConnection, owner: str, now: datetime) -> None:
-    """Gives back every lease a stopping dispatcher still holds, so others can take them at once."""
+    """Gives back every lease a stopping dispatcher still holds (attempts that did not finish in time), so others
+    can attempt them again at once."""
     await conn.execute(_RELEASE, {"owner": owner, "now": now})
 
 

@@ -2,7 +2,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 
 class EventType(StrEnum):
@@ -21,12 +21,21 @@ class DeliveryStatus(StrEnum):
     failed = "failed"  # given up: a refusal that retrying cannot fix, or failures for the whole retry window
 
 
-# No control characters: URL parsers drop some silently, and NUL cannot be stored.
+def _no_control_characters(value: str) -> str:
+    """URL parsers drop some control characters silently, and NUL cannot be stored: none are accepted."""
+    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 Url = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048, pattern=r"^[^\x00-\x1f\x7f]*$")
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=2048),
+    AfterValidator(_no_control_characters),
 ]
-Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
-ID_PATTERN = r"^[\x21-\x7e]{1,32}$"  # printable: no NUL, which PostgreSQL cannot compare
+Description = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_no_control_characters)
+]
 EventList = Annotated[list[EventType], Field(min_length=1, description="The event types to send to this URL.")]
 
 

@@ -1,6 +1,5 @@
 """Webhooks of a tenant: managing them, their signing secrets, and their deliveries."""
 
-import re
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -14,9 +13,9 @@ from emailmcp.settings import Settings
 from emailmcp.tenancy.schemas import TenantContext
 from emailmcp.vault import SecretContext, Vault
 from emailmcp.webhooks import repository, signing
+from emailmcp.webhooks.events import notify_dispatchers
 from emailmcp.webhooks.models import WebhookDelivery, WebhookEndpoint
 from emailmcp.webhooks.schemas import (
-    ID_PATTERN,
     AttemptOut,
     DeliveryOut,
     DeliveryPage,
@@ -36,9 +35,12 @@ MAX_PAGE = 100
 ROTATION_OVERLAP = timedelta(hours=24)
 
 
-async def check_url(url: str, settings: Settings) -> str:
-    """A target URL a tenant may use: https unless the operator allows http, and a public host unless the operator
-    allows private ones. Checked when saved and again before every delivery (DNS can change)."""
+async def check_url(url: str, settings: Settings) -> str | None:
+    """Checks a target URL a tenant may use: https unless the operator allows http, and a public host unless the
+    operator allows private ones. Checked when saved and again before every delivery (DNS can change).
+
+    Returns the public address the host resolved to, which the delivery connects to (so that a second lookup cannot
+    lead it elsewhere), or None when private hosts are allowed and the name is used as it is."""
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -57,14 +59,13 @@ async def check_url(url: str, settings: Settings) -> str:
         raise InvalidField("url", "must not carry credentials: receivers verify the webhook-signature header instead")
     if parts.fragment:
         raise InvalidField("url", "must not have a #fragment")
-    if not settings.webhook_allow_private_hosts:
-        try:
-            await resolve_public_host(parts.hostname, port)
-        except ValueError as exc:
-            raise InvalidField(
-                "url", f"{exc}; this server sends webhooks to public hosts only", "host_not_allowed"
-            ) from None
-    return url
+    if settings.webhook_allow_private_hosts:
+        return None
+    try:
+        return await resolve_public_host(parts.hostname, port)
+    except ValueError as exc:
+        message = f"{exc}; this server sends webhooks to public hosts only"
+        raise InvalidField("url", message, "host_not_allowed") from None
 
 
 def _context(endpoint_id: str, tenant_id: int, column: str) -> SecretContext:
@@ -123,12 +124,12 @@ async def _get(session: AsyncSession, ctx: TenantContext, webhook_id: str) -> We
 async def create_webhook(
     session: AsyncSession, ctx: TenantContext, vault: Vault, settings: Settings, data: WebhookIn
 ) -> WebhookWithSecret:
-    url = await check_url(data.url, settings)
+    await check_url(data.url, settings)
     now, webhook_id, secret = utcnow(), time_ordered_id("wh"), signing.new_secret()
     endpoint = WebhookEndpoint(
         id=webhook_id,
         tenant_id=ctx.tenant_id,
-        url=url,
+        url=data.url,
         description=data.description,
         events=[event.value for event in data.events],
         enabled=True,
@@ -164,14 +165,17 @@ async def update_webhook(
     endpoint = await _get(session, ctx, webhook_id)
     now = utcnow()
     if data.url is not None:
-        endpoint.url = await check_url(data.url, settings)
+        await check_url(data.url, settings)
+        endpoint.url = data.url
     if data.events is not None:
         endpoint.events = [event.value for event in data.events]
     if "description" in data.model_fields_set:
         endpoint.description = data.description
     if data.enabled is True and not endpoint.enabled:
         endpoint.enabled, endpoint.disabled_reason, endpoint.failing_since = True, None, None
-        await repository.make_pending_due(session, ctx, webhook_id, now)
+        retry_until = now + timedelta(seconds=settings.webhook_retry_window_seconds)
+        await repository.make_pending_due(session, ctx, webhook_id, now, retry_until)
+        await notify_dispatchers(session)
     elif data.enabled is False:
         endpoint.enabled = False
     endpoint.updated_at = now
@@ -211,7 +215,7 @@ async def list_deliveries(
 ) -> DeliveryPage:
     """A webhook's deliveries newest first, each with its attempts."""
     await _get(session, ctx, webhook_id)
-    if cursor is not None and not (cursor.startswith("whd_") and re.fullmatch(ID_PATTERN, cursor)):
+    if cursor is not None and not (cursor.startswith("whd_") and len(cursor) <= 32):
         raise InvalidField("cursor", "not a cursor returned by this endpoint")
     rows = await repository.list_deliveries(
         session, ctx, webhook_id, [s.value for s in statuses or []], cursor, limit + 1
@@ -238,5 +242,6 @@ async def retry_delivery(
     retry_until = now + timedelta(seconds=settings.webhook_retry_window_seconds)
     if not await repository.schedule_retry(session, ctx, delivery_id, now, retry_until):
         raise APIError(409, "delivery_in_flight", "This delivery is being attempted right now; look again shortly.")
+    await notify_dispatchers(session)
     await session.commit()
     return delivery_out(await repository.get_delivery(session, ctx, delivery_id))

@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("previous_secret", sa.Text(), nullable=True),
         sa.Column("previous_secret_expires_at", emailmcp.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("failing_since", emailmcp.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_failure_at", emailmcp.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", emailmcp.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", emailmcp.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
