@@ -3,8 +3,8 @@
 At least once: a dispatcher that dies mid-delivery leaves its lease to expire, and another sends the delivery again
 with the same webhook-id, which receivers use to drop the duplicate. 2xx is success; timeouts, connection errors,
 408, 429 and 5xx are retried with exponential backoff until the delivery's retry window (24 h by default) ends;
-other answers fail the delivery at once. An endpoint with no success for `webhook_disable_after_seconds` is
-disabled, with the reason; its waiting deliveries resume when it is enabled again.
+other answers fail the delivery at once. An endpoint failing for `webhook_disable_after_seconds` (no success, no
+long quiet gap between failures) is disabled, with the reason; its waiting deliveries resume when it is enabled.
 """
 
 import asyncio
