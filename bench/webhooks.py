@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import platform
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import httpx2
 
+from delivery import free_port, wait_until_serving
 from emailmcp.db import utcnow
 from emailmcp.runtime import Runtime
 from emailmcp.settings import Settings
@@ -46,12 +46,6 @@ from emailmcp.webhooks.schemas import EventType
 CONCURRENCY = 32  # the dispatcher's default (EMAILMCP_WEBHOOK_CONCURRENCY)
 STALL_SECONDS = 60
 COUNT, FIRST_AT, LAST_AT = range(3)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- the receiver: its own process, counting into shared memory --------------------------------------------------
@@ -315,13 +309,7 @@ def main() -> None:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        for _ in range(300):
-            try:
-                if httpx2.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_until_serving(url, server, server_log)
         key = (workdir / "data" / "bootstrap-key").read_text().strip()
         bench = Bench(args, env, workdir, url, key, receiver_url, stats)
 

@@ -23,20 +23,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx2
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from conftest import BACKENDS, PostgresDatabase, Server, assert_error, require_postgres, unique, wait_until
 from emailmcp.retries import backoff
 from emailmcp.webhooks.dispatcher import pinned
-from peers.smtp import SmtpSink
+from peers.smtp import SmtpSink, certificate
 from peers.webhooks import Delivery, WebhookReceiver
 
 # The receiver is on loopback and speaks plain http; retries and polls must come quickly.
@@ -946,35 +941,10 @@ def test_a_receiver_answering_byte_by_byte_cannot_hold_an_attempt_past_the_timeo
         )
 
 
-def name_only_certificate(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate valid for `name` only (no IP address), and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_file, key_file
-
-
 def test_a_delivery_goes_to_the_checked_address_with_its_name_kept_for_tls_and_host(tmp_path):
     """Against DNS rebinding, a delivery connects to the address its host was checked to have, not to a second
     lookup; the name stays in the Host header and in TLS, where the certificate is verified against it."""
-    cert_file, key_file = name_only_certificate(tmp_path, "hooks.test")
+    cert_file, key_file = certificate(("hooks.test",))  # the name only, no IP address
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert_file, key_file)
     client_tls = ssl.create_default_context(cafile=str(cert_file))

@@ -17,5 +17,6 @@ async def resolve_public_host(host: str, port: int) -> str:
     for *_, sockaddr in infos:
         address = ipaddress.ip_address(sockaddr[0])
         if not address.is_global or address.is_multicast:
-            raise ValueError(f"{host} resolves to {address}, which is not a public address")
+            named = host if str(address) == host.strip("[]") else f"{host} resolves to {address}, which"
+            raise ValueError(f"{named} is not a public address")
     return str(ipaddress.ip_address(infos[0][4][0]))

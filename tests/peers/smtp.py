@@ -46,10 +46,11 @@ class ReceivedMessage:
 
 
 @functools.cache
-def certificate() -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 and localhost, made once per test run: (cert file, key file)."""
+def certificate(names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[str, str]:
+    """A self-signed certificate for these host names and IP addresses, made once per test run: (cert file, key
+    file)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "emailmcp test SMTP")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "emailmcp test server")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -60,7 +61,7 @@ def certificate() -> tuple[str, str]:
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName([_subject_name(host) for host in names]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -91,6 +92,13 @@ def certificate() -> tuple[str, str]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return str(cert_file), str(key_file)
+
+
+def _subject_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ bring it back.
 """
 
 import json
-import socket
 import ssl
 import threading
 import time
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks import Webhook
+
+from peers.smtp import free_port
 
 
 @dataclass
@@ -38,12 +39,6 @@ class Delivery:
     @property
     def webhook_id(self) -> str:
         return self.headers["webhook-id"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class _Server(ThreadingHTTPServer):

@@ -118,7 +118,8 @@ class WebhookDispatcher:
             try:
                 # What finished is recorded; what is still leased (attempts that did not finish in time) is given
                 # back, to be attempted again.
-                await self._write(self._finished, 0)
+                if self._finished:
+                    await self._write(self._finished, 0)
                 async with self.runtime.engine.begin() as conn:
                     await repository.release(conn, self.owner, utcnow())
             except Exception:
